@@ -1,0 +1,131 @@
+"""The ``meme`` command: ``meme train``, ``meme data``, ``meme eval``.
+
+Every ``TrainConfig`` key is a ``meme train`` option (``--latent-dim 32``, ``--paired-only``). User
+mistakes print one line, ``meme: error: ...``, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from meme.errors import MemeError
+
+log = logging.getLogger("meme")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    from meme.config import HELP, TrainConfig
+
+    defaults = TrainConfig.__dataclass_fields__
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults[f.name].default
+        help_ = f"{HELP.get(f.name, '')} (default: {default!r})"
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            p.add_argument(flag, dest=f.name, type=typ, default=None, help=help_)
+
+
+def _config_from_args(args) -> "TrainConfig":  # noqa: F821
+    from meme.config import TrainConfig
+
+    base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    given = {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
+    return TrainConfig.from_dict({**base, **given})
+
+
+def cmd_train(args) -> int:
+    from meme.train import train
+
+    cfg = _config_from_args(args)
+    out = Path(args.out)
+    last = None
+    for metrics in train(cfg, out, resume=not args.no_resume, progress=not args.quiet):
+        last = metrics
+        print(f"epoch {metrics['epoch']:>4}  loss {metrics['loss']:.3f}  "
+              f"{metrics['examples_per_s']:.0f} examples/s  ({metrics['epoch_time_s']:.1f}s)", flush=True)
+    if last is not None:
+        (out / "metrics.json").write_text(json.dumps(last, indent=2) + "\n")
+    print(f"run written to {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
+    from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
+
+    root = resolve_data_dir(args.data_dir)
+    if args.what == "download":
+        for split in ("train", "test"):
+            x, _ = load_mnist(root, split, download=True)
+            print(f"MNIST {split}: {x.shape[0]} images in {root / 'MNIST'}")
+            x, _ = load_svhn(root, split, download=True)
+            print(f"SVHN {split}: {x.shape[0]} images in {root / 'SVHN'}")
+    elif args.what == "svhn-standin":
+        sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}
+        for p in write_svhn_standin(root, sizes, seed=args.seed):
+            print(f"wrote {p} (synthetic SVHN-format stand-in)")
+    elif args.what == "synthetic":
+        write_synthetic_mnist_svhn(root, n_train=args.n_train or 600, n_test=args.n_test or 200, seed=args.seed)
+        print(f"wrote a synthetic MNIST-format + SVHN-format dataset into {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meme", description="MEME: mutually supervised multimodal VAEs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model", description=(
+        "Train a model. Example: meme train --dataset mnist_svhn --supervision 0.25 --observed mnist "
+        "--epochs 100 --out runs/x. Writes config.json, checkpoint.pt, metrics.jsonl and metrics.json "
+        "into --out; an existing run there with the same config is resumed."))
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--config", help="a config.json to start from (options given here override it)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_options(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="download data, or generate stand-ins", description=(
+        "download: fetch MNIST and SVHN into the data dir. svhn-standin: generate the synthetic SVHN-format "
+        "stand-in (same files and sizes as SVHN) for machines without SVHN. synthetic: a tiny generated "
+        "MNIST-format + SVHN-format dataset for tests and first tries."))
+    d.add_argument("what", choices=["download", "svhn-standin", "synthetic"])
+    d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
+    d.add_argument("--n-train", type=int, default=0, help="generated training examples")
+    d.add_argument("--n-test", type=int, default=0, help="generated test examples")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data)
+
+    try:  # the evaluation suite registers `meme eval` when present
+        from meme.eval.cli import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MemeError as e:
+        print(f"meme: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("meme: interrupted; the last checkpoint is kept and the run resumes from it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

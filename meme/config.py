@@ -1,0 +1,162 @@
+"""``TrainConfig``: one frozen, flat dataclass for a training run.
+
+It converts to and from a flat dict, which is what the CLI, Ray Tune's ``param_space`` and MLflow's
+params see. An unknown key, a wrong type or an out-of-range value is a ``MemeError`` naming the key
+and what is valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from meme.errors import MemeError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # what to train
+    model: str = "meme"
+    dataset: str = "mnist_svhn"
+    # data
+    data_dir: str = ""            # "" = $MEME_DATA_DIR or ~/.cache/meme
+    download: bool = True
+    pairings: int = 1             # random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)
+    data_seed: int = 0            # seeds the pairing and which examples stay paired
+    max_train_pairs: int = 0      # 0 = all; otherwise the first N training pairs (quick runs)
+    max_test_pairs: int = 0
+    # partial observation (paper §4.1, appendix J.2)
+    supervision: float = 1.0      # fraction f in (0, 1] of pairs observed together
+    observed: str = "split"       # what the unpaired rest keeps: a modality name, or "split"
+    paired_only: bool = False     # drop the unpaired rest (ablation J.2)
+    # networks and objective
+    latent_dim: int = 64
+    sigma_floor: float = 1e-3
+    llik_scale: float = 0.75      # fixed Laplace scale of image likelihoods
+    K: int = 10                   # extra posterior samples in the log q(t|s) estimate
+    lam: float = 10.0             # weight of log q(t|s)
+    n_pseudo: int = 100           # pseudo-samples per modality (mixture prior of a missing modality)
+    direction: str = "both"       # both | t_supervises_s | s_supervises_t
+    # optimisation
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    batch_size: int = 128
+    epochs: int = 100
+    seed: int = 0
+    # execution
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    precision: str = "auto"       # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32
+    compile: bool = False         # torch.compile the networks
+    num_threads: int = 0          # 0 = torch's default
+    checkpoint_every: int = 1     # epochs between checkpoints (the last epoch is always saved)
+    eval_every: int = 0           # epochs between evaluations (0 = only at the end, where a caller asks)
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            ok = isinstance(v, f.type if isinstance(f.type, type) else _TYPES[f.type])
+            if f.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+                ok = True
+            if isinstance(v, bool) and f.type not in ("bool", bool):
+                ok = False
+            if not ok:
+                raise MemeError(f"config key {f.name!r} must be a {f.type}, got {v!r}")
+        from meme.data.observation import check_supervision
+
+        check_supervision(self.supervision)
+        _positive(self, "pairings", "latent_dim", "K", "n_pseudo", "batch_size", "epochs", "checkpoint_every")
+        _non_negative(self, "max_train_pairs", "max_test_pairs", "num_threads", "eval_every", "lam")
+        if not self.lr > 0:
+            raise MemeError(f"lr={self.lr} must be > 0 (the paper uses 5e-4)")
+        for b in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, b) < 1.0:
+                raise MemeError(f"{b}={getattr(self, b)} must be in [0, 1)")
+        if not self.sigma_floor > 0 or not self.llik_scale > 0:
+            raise MemeError(f"sigma_floor={self.sigma_floor} and llik_scale={self.llik_scale} must be > 0")
+        if self.precision not in PRECISIONS:
+            raise MemeError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        from meme.data import get_dataset
+        from meme.models import MODELS
+        from meme.models.meme import DIRECTIONS
+
+        if self.model not in MODELS:
+            raise MemeError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        names = get_dataset(self.dataset).names
+        if self.observed not in (*names, "split"):
+            raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
+        if self.direction not in DIRECTIONS:
+            raise MemeError(f"unknown direction {self.direction!r}; valid: {', '.join(DIRECTIONS)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+    # ---------------------------------------------------------------- dicts
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(d) - set(cls.keys()))
+        if unknown:
+            raise MemeError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(cls.keys())}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise MemeError(f"cannot read config {path}: {e}") from None
+
+
+#: one line of help per key (the CLI's --help and the docs)
+HELP = {
+    'data_dir': '"" = $MEME_DATA_DIR or ~/.cache/meme',
+    'pairings': 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)',
+    'data_seed': 'seeds the pairing and which examples stay paired',
+    'max_train_pairs': '0 = all; otherwise the first N training pairs (quick runs)',
+    'supervision': 'fraction f in (0, 1] of pairs observed together',
+    'observed': 'what the unpaired rest keeps: a modality name, or "split"',
+    'paired_only': 'drop the unpaired rest (ablation J.2)',
+    'llik_scale': 'fixed Laplace scale of image likelihoods',
+    'K': 'extra posterior samples in the log q(t|s) estimate',
+    'lam': 'weight of log q(t|s)',
+    'n_pseudo': 'pseudo-samples per modality (mixture prior of a missing modality)',
+    'direction': 'both | t_supervises_s | s_supervises_t',
+    'device': 'auto | cpu | cuda | cuda:N',
+    'precision': 'auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32',
+    'compile': 'torch.compile the networks',
+    'num_threads': "0 = torch's default",
+    'checkpoint_every': 'epochs between checkpoints (the last epoch is always saved)',
+    'eval_every': 'epochs between evaluations (0 = only at the end, where a caller asks)',
+}
+
+
+_TYPES = {"str": str, "int": int, "float": (float, int), "bool": bool}
+
+
+def _positive(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) < 1:
+            raise MemeError(f"{n}={getattr(cfg, n)} must be a positive integer")
+
+
+def _non_negative(cfg, *names):
+    for n in names:
+        if getattr(cfg, n) < 0:
+            raise MemeError(f"{n}={getattr(cfg, n)} must be >= 0")

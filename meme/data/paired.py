@@ -1,0 +1,128 @@
+"""``PairedData``: two modality tables and the pairs between them, held in memory as tensors.
+
+Tables keep their storage dtype (uint8 images, float32 features, int64 tokens); batches are converted
+on the fly (``meme.nets.as_float``). Pair ``p`` is ``(tables[0][index[0][p]], tables[1][index[1][p]])``
+with label ``labels[p]`` (``-1`` where there is none). With several pairings per image the tables are
+stored once and only the index grows.
+
+Users bring their own two-modality data with :meth:`PairedData.from_arrays` (row i of one array pairs
+with row i of the other) or :meth:`PairedData.from_parquet` (two Parquet tables of equal length).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from meme.errors import MemeError
+
+SHAPE_KEY = b"meme.shape"
+
+
+@dataclass(frozen=True)
+class PairedData:
+    names: tuple[str, str]
+    tables: tuple[Tensor, Tensor]
+    index: tuple[Tensor, Tensor]
+    labels: Tensor
+
+    def __post_init__(self):
+        n = self.labels.shape[0]
+        for m in range(2):
+            if self.index[m].shape != (n,):
+                raise MemeError(f"modality {self.names[m]!r}: index has shape {tuple(self.index[m].shape)}, expected ({n},)")
+            if n and int(self.index[m].max()) >= self.tables[m].shape[0]:
+                raise MemeError(f"modality {self.names[m]!r}: index points past its table of {self.tables[m].shape[0]} rows")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, pairs: Tensor) -> "PairedData":
+        return PairedData(self.names, self.tables, (self.index[0][pairs], self.index[1][pairs]), self.labels[pairs])
+
+    def head(self, n: int) -> "PairedData":
+        return self.subset(torch.arange(min(n, len(self))))
+
+    def to(self, device) -> "PairedData":
+        return PairedData(self.names, tuple(t.to(device) for t in self.tables),
+                          tuple(i.to(device) for i in self.index), self.labels.to(device))
+
+    def rows(self, m: int, pairs: Tensor | None = None) -> Tensor:
+        """The raw rows of modality ``m`` for ``pairs`` (all pairs by default)."""
+        idx = self.index[m] if pairs is None else self.index[m][pairs]
+        return self.tables[m][idx]
+
+    @classmethod
+    def from_arrays(cls, name_s: str, x_s, name_t: str, x_t, labels=None) -> "PairedData":
+        xs, xt = torch.as_tensor(np.asarray(x_s)), torch.as_tensor(np.asarray(x_t))
+        if xs.shape[0] != xt.shape[0]:
+            raise MemeError(f"{name_s} has {xs.shape[0]} rows but {name_t} has {xt.shape[0]}; rows must pair up")
+        n = xs.shape[0]
+        lab = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(np.asarray(labels)).long()
+        if lab.shape != (n,):
+            raise MemeError(f"labels have shape {tuple(lab.shape)}, expected ({n},)")
+        ar = torch.arange(n)
+        return cls((name_s, name_t), (xs, xt), (ar, ar), lab)
+
+    @classmethod
+    def from_parquet(cls, path_s, path_t, name_s: str = "s", name_t: str = "t", column: str = "x",
+                     label_column: str | None = "label") -> "PairedData":
+        xs, ls = read_array_table(path_s, column, label_column)
+        xt, lt = read_array_table(path_t, column, label_column)
+        if ls is not None and lt is not None and not torch.equal(ls, lt):
+            bad = int((ls != lt).nonzero()[0])
+            raise MemeError(f"{path_s} and {path_t} disagree on {label_column!r} at row {bad}: {int(ls[bad])} vs {int(lt[bad])}")
+        return cls.from_arrays(name_s, xs, name_t, xt, ls if ls is not None else lt)
+
+
+def write_array_table(path, x, labels=None, column: str = "x", label_column: str = "label") -> Path:
+    """Write an (N, ...) array as a Parquet table: one fixed-size-list column plus an optional label column."""
+    arr = np.ascontiguousarray(np.asarray(x))
+    n = arr.shape[0]
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), int(np.prod(arr.shape[1:], dtype=np.int64)))
+    cols = {column: flat}
+    if labels is not None:
+        cols[label_column] = pa.array(np.asarray(labels, dtype=np.int64))
+    table = pa.table(cols).replace_schema_metadata({SHAPE_KEY: json.dumps(list(arr.shape[1:])).encode()})
+    if table.num_rows != n:
+        raise AssertionError("row count changed while writing")
+    pq.write_table(table, path)
+    return Path(path)
+
+
+def read_array_table(path, column: str = "x", label_column: str | None = "label") -> tuple[Tensor, Tensor | None]:
+    """Read a table written by :func:`write_array_table` (or any table with a list column) without per-row Python."""
+    path = Path(path)
+    if not path.exists():
+        raise MemeError(f"Parquet file {path} does not exist")
+    try:
+        table = pq.read_table(path, memory_map=True)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise MemeError(f"{path} is not a readable Parquet file ({e}); re-create it") from None
+    if column not in table.column_names:
+        raise MemeError(f"{path} has no column {column!r}; columns: {', '.join(table.column_names)}")
+    col = table.column(column).combine_chunks()
+    if not pa.types.is_list(col.type) and not pa.types.is_fixed_size_list(col.type) and not pa.types.is_large_list(col.type):
+        values = col.to_numpy(zero_copy_only=False).reshape(len(col), 1)
+    else:
+        width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        if width is None:
+            width = flat.size // max(len(col), 1)
+            if width * len(col) != flat.size:
+                raise MemeError(f"{path}: column {column!r} has rows of different lengths")
+        values = flat.reshape(len(col), width)
+    meta = table.schema.metadata or {}
+    if SHAPE_KEY in meta:
+        shape = json.loads(meta[SHAPE_KEY])
+        values = values.reshape(len(col), *shape)
+    labels = None
+    if label_column and label_column in table.column_names:
+        labels = torch.from_numpy(table.column(label_column).to_numpy().astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(values)), labels

@@ -1,0 +1,57 @@
+"""Closed-form densities and divergences used by every model and by the evaluation.
+
+All functions sum over the event dimensions and keep the batch dimensions, so a ``(..., B, L)`` input
+gives a ``(..., B)`` output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _flat_sum(x: Tensor, event_dims: int) -> Tensor:
+    return x.flatten(start_dim=x.dim() - event_dims).sum(-1) if event_dims else x
+
+
+def normal_log_prob(z: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """log N(z; mu, diag(sigma^2)) summed over the last dimension."""
+    return (-0.5 * ((z - mu) / sigma) ** 2 - sigma.log() - 0.5 * LOG_2PI).sum(-1)
+
+
+def kl_normal(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
+    """KL( N(mu1, sigma1^2) || N(mu2, sigma2^2) ) for diagonal Gaussians, summed over the last dimension."""
+    var_ratio = (sigma1 / sigma2) ** 2
+    return 0.5 * (var_ratio + ((mu1 - mu2) / sigma2) ** 2 - 1.0 - var_ratio.log()).sum(-1)
+
+
+def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: int) -> Tensor:
+    """log Laplace(x; loc, scale) summed over the trailing ``event_dims`` dimensions."""
+    scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+    lp = -(x - loc).abs() / scale - torch.log(2.0 * scale)
+    return _flat_sum(lp, event_dims)
+
+
+def categorical_log_prob(tokens: Tensor, logits: Tensor, ignore_index: int | None = None) -> Tensor:
+    """log Cat(tokens; softmax(logits)) summed over the sequence; ``logits`` is (..., T, V), ``tokens`` (..., T).
+
+    Positions equal to ``ignore_index`` (padding) contribute zero.
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    if ignore_index is not None:
+        lp = lp.masked_fill(tokens == ignore_index, 0.0)
+    return lp.sum(-1)
+
+
+def w2_diag_sq(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
+    """Squared 2-Wasserstein distance between diagonal Gaussians: ||mu1-mu2||^2 + ||sigma1-sigma2||^2."""
+    return ((mu1 - mu2) ** 2).sum(-1) + ((sigma1 - sigma2) ** 2).sum(-1)
+
+
+def mixture_normal_log_prob(z: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """log (1/N) sum_n N(z; mu_n, sigma_n) for z of shape (B, L) and components (N, L); returns (B,)."""
+    lp = normal_log_prob(z.unsqueeze(1), mu.unsqueeze(0), sigma.unsqueeze(0))  # (B, N)
+    return torch.logsumexp(lp, dim=1) - math.log(mu.shape[0])

@@ -1,0 +1,65 @@
+"""The modality abstraction: one encoder, one decoder and one likelihood per modality.
+
+A ``Modality`` is the only place that knows a modality's shapes and likelihood. Models combine two of
+them and never look inside.
+
+* ``encode(x) -> (mu, sigma)``: a diagonal Gaussian over z, ``sigma = softplus(.) + sigma_floor``.
+* ``decode(z) -> params``: the likelihood's parameters (image means in [0, 1], or token logits).
+  ``z`` may carry extra leading sample dimensions, ``(S, B, L)``; they are flattened for the network.
+* ``log_likelihood(x, params) -> (...,)``: summed over the modality's event dimensions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from meme.dists import laplace_log_prob
+
+
+class Modality(nn.Module):
+    name: str = ""
+    event_shape: tuple[int, ...] = ()
+
+    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.sigma_floor = sigma_floor
+
+    # subclasses provide these three
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (mu, pre-softplus sigma)
+        raise NotImplementedError
+
+    def _decode(self, z: Tensor) -> Tensor:  # z is (N, L)
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, raw = self._encode(x)
+        return mu, F.softplus(raw) + self.sigma_floor
+
+    def decode(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        out = self._decode(z.reshape(-1, z.shape[-1]))
+        return out.reshape(*lead, *out.shape[1:])
+
+
+class LaplaceImageModality(Modality):
+    """An image (or feature vector) modality with a fixed-scale Laplace likelihood."""
+
+    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3, llik_scale: float = 0.75):
+        super().__init__(latent_dim, sigma_floor)
+        self.llik_scale = llik_scale
+
+    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
+        # always in fp32: a bf16 sum over thousands of pixels loses too much
+        return laplace_log_prob(x.float(), params.float(), self.llik_scale, len(self.event_shape))
+
+
+def as_float(x: Tensor) -> Tensor:
+    """uint8 pixels -> float in [0, 1]; floating data passes through unchanged; integer tokens unchanged."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x

@@ -1,0 +1,246 @@
+"""The training loop: a config in, per-epoch metrics out, checkpoints on disk.
+
+Reads top to bottom:
+
+    trainer = Trainer(cfg)                 # data, observation plan, model, optimiser
+    trainer.load(ckpt)                     # optional: resume (bit-identical continuation on CPU)
+    for epoch in range(trainer.epoch + 1, cfg.epochs + 1):
+        metrics = trainer.run_epoch()      # one pass over the interleaved paired/unpaired batches
+        trainer.save(ckpt)
+
+``train(cfg, out_dir)`` does exactly that, writing ``config.json``, ``checkpoint.pt`` and
+``metrics.jsonl`` into ``out_dir`` and yielding each epoch's metrics.
+
+Every epoch reseeds torch from ``(seed, epoch)`` and the loader's order depends only on
+``(seed, epoch)``, so resuming from a checkpoint replays the remaining epochs exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from meme.config import TrainConfig
+from meme.data import BatchLoader, get_dataset, make_observation
+from meme.data.batch import gather
+from meme.errors import MemeError
+from meme.models import build_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLoss(MemeError):
+    """Training produced a NaN or infinite loss; the run stops with this reason."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MemeError(f"device {name!r} asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AMX / AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX", "AVX512_AMX")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: str | torch.device | None = None, train_data=None, test_data=None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device) if device is None else torch.device(device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        spec = get_dataset(cfg.dataset)
+        self.train_data = train_data if train_data is not None else spec.load(cfg, "train")
+        self._test_data = test_data
+        if cfg.max_train_pairs:
+            self.train_data = self.train_data.head(cfg.max_train_pairs)
+        if len(self.train_data) == 0:
+            raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
+        self.observation = make_observation(len(self.train_data), cfg.supervision, cfg.observed, self.train_data.names,
+                                            cfg.paired_only, cfg.data_seed)
+        torch.manual_seed(cfg.seed)
+        modalities = spec.build_modalities(cfg, self.train_data)
+        self.model = build_model(cfg, modalities, self.train_data, self.observation).to(self.device)
+        if not self.model.learns_from_unpaired and (self.observation.s_only.numel() or self.observation.t_only.numel()):
+            log.warning("%s cannot learn from unpaired examples: training on the %d paired examples only",
+                        cfg.model, self.observation.paired.numel())
+            self.observation = make_observation(len(self.train_data), cfg.supervision, cfg.observed,
+                                                self.train_data.names, True, cfg.data_seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        if self.device.type == "cuda":  # keep the uint8 tables on the GPU; batches are sliced there
+            self.train_data = self.train_data.to(self.device)
+        self.loader = BatchLoader(self.train_data, self.observation, cfg.batch_size, self.device, cfg.seed)
+        self.step_fn = self._make_step()
+        self.epoch = 0
+
+    # ----------------------------------------------------------------- data
+    @property
+    def test_data(self):
+        if self._test_data is None:
+            self._test_data = get_dataset(self.cfg.dataset).load(self.cfg, "test")
+            if self.cfg.max_test_pairs:
+                self._test_data = self._test_data.head(self.cfg.max_test_pairs)
+        return self._test_data
+
+    def metadata(self) -> dict:
+        """Facts about the run that are not config: observation counts, what the model learns from."""
+        return {**{f"n_{k}": v for k, v in self.observation.counts().items()},
+                "learns_from_unpaired": self.model.learns_from_unpaired,
+                "n_parameters": sum(p.numel() for p in self.model.parameters())}
+
+    # ----------------------------------------------------------------- step
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _make_step(self):
+        model, opt = self.model, self.optimizer
+        loss_fn = torch.compile(model.loss, dynamic=True) if self.cfg.compile else model.loss
+
+        def step(batch):
+            with self.autocast():
+                loss, metrics = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return metrics
+
+        return step
+
+    def run_epoch(self, progress: bool = False) -> dict[str, float]:
+        """One pass over the training batches; returns the epoch's mean metrics and throughput."""
+        self.epoch += 1
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.epoch))
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        n_pairs = n_examples = 0
+        t0 = time.perf_counter()
+        plan = self.loader.plan(self.epoch)
+        bar = tqdm(plan, desc=f"epoch {self.epoch}/{self.cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        for pairs, observed in bar:
+            batch = gather(self.train_data, pairs, observed, self.device)
+            metrics = self.step_fn(batch)
+            b = len(batch)
+            metrics[f"loss_{batch.kind}"] = metrics["loss"]
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v.float() * b
+                counts[k] = counts.get(k, 0) + b
+            n_examples += b
+            n_pairs += b if batch.kind == "paired" else 0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        out = {k: float(sums[k]) / counts[k] for k in sums}
+        out.update(epoch=self.epoch, epoch_time_s=dt, examples_per_s=n_examples / dt, pairs_per_s=n_pairs / dt)
+        bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLoss(f"non-finite {', '.join(bad)} at epoch {self.epoch} of {self.cfg.model} "
+                                f"(lr={self.cfg.lr}); the trial stops here")
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"version": CHECKPOINT_VERSION, "model_name": self.cfg.model, "modalities": list(self.model.names),
+                "epoch": self.epoch, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_checkpoint(state, self.cfg.model, self.model.names, source="checkpoint")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a kill mid-save never leaves a truncated checkpoint
+        return path
+
+    def load(self, path) -> None:
+        self.load_state_dict(load_checkpoint(path))
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint file or a run directory holding ``checkpoint.pt``; loaded with ``weights_only=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise MemeError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MemeError(f"checkpoint {path} is corrupt or not a MEME checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise MemeError(f"{path} is not a checkpoint written by meme (no model/config entries)")
+    return state
+
+
+def check_checkpoint(state: dict, model_name: str | None, modalities, source: str) -> None:
+    if model_name is not None and state.get("model_name") != model_name:
+        raise MemeError(f"{source} holds a {state.get('model_name')!r} model, expected {model_name!r}")
+    if modalities is not None and tuple(state.get("modalities", ())) != tuple(modalities):
+        raise MemeError(f"{source} is for modalities {tuple(state.get('modalities', ()))}, expected {tuple(modalities)}")
+
+
+def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True) -> Iterator[dict]:
+    """Train ``cfg``; yield each epoch's metrics. With ``out_dir``: config, checkpoints, metrics.jsonl there."""
+    out = Path(out_dir) if out_dir else None
+    trainer = Trainer(cfg)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = out / CHECKPOINT
+        if resume and ckpt.exists():
+            state = load_checkpoint(ckpt)
+            old = {k: v for k, v in state["config"].items() if k != "epochs"}
+            new = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+            if old != new:
+                diff = sorted(k for k in new if old.get(k) != new[k])
+                raise MemeError(f"{out} holds a run with a different config ({', '.join(diff)}); "
+                                f"use another --out or pass --no-resume to overwrite it")
+            trainer.load_state_dict(state)
+            log.info("resuming %s from epoch %d", out, trainer.epoch)
+        elif (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()
+        cfg.save(out / "config.json")
+        (out / "metadata.json").write_text(json.dumps(trainer.metadata(), indent=2) + "\n")
+    while trainer.epoch < cfg.epochs:
+        metrics = trainer.run_epoch(progress=progress)
+        if out is not None:
+            if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
+                trainer.save(out / CHECKPOINT)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        log.info("epoch %d: %s", trainer.epoch, {k: round(v, 4) for k, v in metrics.items()})
+        yield metrics
