@@ -51,7 +51,12 @@ def w2_diag_sq(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tens
     return ((mu1 - mu2) ** 2).sum(-1) + ((sigma1 - sigma2) ** 2).sum(-1)
 
 
+def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
+    """log( (1/n) sum_i exp(x_i) ) along ``dim``, computed stably."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
+
+
 def mixture_normal_log_prob(z: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     """log (1/N) sum_n N(z; mu_n, sigma_n) for z of shape (B, L) and components (N, L); returns (B,)."""
     lp = normal_log_prob(z.unsqueeze(1), mu.unsqueeze(0), sigma.unsqueeze(0))  # (B, N)
-    return torch.logsumexp(lp, dim=1) - math.log(mu.shape[0])
+    return log_mean_exp(lp, dim=1)

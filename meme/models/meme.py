@@ -31,13 +31,11 @@ classifier evaluations of one direction and the likelihood of the other directio
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from meme.data.batch import Batch
-from meme.dists import kl_normal, mixture_normal_log_prob, normal_log_prob
+from meme.dists import kl_normal, log_mean_exp, mixture_normal_log_prob, normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel
 from meme.nets.base import Modality, as_float
@@ -110,7 +108,7 @@ class MEME(MultimodalModel):
         for a, b in dirs:
             log_q_b_z = lik[b][:K1]  # (K+1, B): log q(b | z_k), k = 0 is the posterior sample
             log_p_a_z = lik[a][-1]   # log p(a | z_0)
-            log_q_b_a = torch.logsumexp(log_q_b_z, 0) - math.log(K1)
+            log_q_b_a = log_mean_exp(log_q_b_z, 0)
             w = torch.exp(log_q_b_z[0] - log_q_b_a).detach()
             kl = kl_normal(*post[a], *post[b]).float()
             terms[(a, b)] = {

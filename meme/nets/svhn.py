@@ -5,6 +5,8 @@ Decoder: upconv 4x4 to 128 (stride 1, pad 0), then 64, 32 (stride 2, pad 1), ReL
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meme.nets.base import LaplaceImageModality
@@ -31,8 +33,15 @@ class SVHNModality(LaplaceImageModality):
         )
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.enc(x)
+        h = self.enc(x.contiguous(memory_format=torch.channels_last))
         return self.enc_mu(h).flatten(1), self.enc_sigma(h).flatten(1)
 
     def _decode(self, z: Tensor) -> Tensor:
-        return self.dec(z.view(*z.shape, 1, 1))
+        # The first upconv maps a 1x1 input to 4x4 (stride 1, pad 0): exactly a linear map to 128*4*4,
+        # computed as one GEMM instead of the transposed-convolution kernel. Same parameters.
+        first = self.dec[0]
+        h = F.linear(z, first.weight.flatten(1).t()).view(-1, 128, 4, 4) + first.bias.view(1, -1, 1, 1)
+        h = h.contiguous(memory_format=torch.channels_last)
+        for layer in self.dec[1:]:
+            h = layer(h)
+        return h
