@@ -64,9 +64,11 @@ def load_mnist(data_dir, split: str = "train", download: bool = True) -> tuple[T
             ) from None
     elif missing:
         raise MemeError(f"MNIST file {raw / missing[0]} is missing; run with download enabled or copy the IDX files into {raw}")
-    try:
-        ds = MNIST(str(data_dir), train=split == "train", download=False)
-        images, labels = ds.data, ds.targets
+    try:  # torchvision's IDX readers, on exactly the split's two files
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        images = read_image_file(str(raw / MNIST_FILES[split][0]))
+        labels = read_label_file(str(raw / MNIST_FILES[split][1]))
     except Exception as e:
         raise MemeError(f"MNIST files in {raw} are corrupt or truncated ({type(e).__name__}: {e}); delete them and download again") from None
     if images.dim() != 3 or images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:

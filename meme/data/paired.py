@@ -125,4 +125,7 @@ def read_array_table(path, column: str = "x", label_column: str | None = "label"
     labels = None
     if label_column and label_column in table.column_names:
         labels = torch.from_numpy(table.column(label_column).to_numpy().astype(np.int64))
-    return torch.from_numpy(np.ascontiguousarray(values)), labels
+    values = np.ascontiguousarray(values)
+    if not values.flags.writeable:  # a zero-copy view of the memory-mapped file
+        values = values.copy()
+    return torch.from_numpy(values), labels

@@ -1,0 +1,140 @@
+"""The trainer: learning, determinism, bit-identical resume, checkpoints, and the CLI's errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from meme.cli import main
+from meme.config import TrainConfig
+from meme.errors import MemeError
+from meme.train import Trainer, load_checkpoint, train
+
+
+def small(synth_dir, **kw) -> TrainConfig:
+    base = dict(data_dir=str(synth_dir), download=False, max_train_pairs=256, max_test_pairs=64, batch_size=64,
+                latent_dim=8, K=3, n_pseudo=8, epochs=2, supervision=0.5, observed="split", precision="fp32",
+                device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_loss_decreases_and_metrics_are_reported(synth_dir):
+    cfg = small(synth_dir, epochs=4, max_train_pairs=512, lr=1e-3)
+    history = list(train(cfg, out_dir=None, progress=False))
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    m = history[0]
+    for key in ("recon_mnist", "recon_svhn", "kl_mnist", "log_q_svhn_given_mnist", "w_mnist_given_svhn",
+                "recon_mnist_only", "recon_svhn_only", "loss_paired", "loss_s", "loss_t", "pairs_per_s"):
+        assert key in m, key
+    # the overall loss is the example-weighted mean of the per-kind losses (256 paired, 128 + 128 unpaired)
+    assert m["loss"] == pytest.approx((256 * m["loss_paired"] + 128 * m["loss_s"] + 128 * m["loss_t"]) / 512, rel=1e-5)
+
+
+def test_same_seed_same_run_and_resume_is_bit_identical(synth_dir, tmp_path):
+    cfg = small(synth_dir)
+    straight = list(train(cfg, tmp_path / "a", progress=False))
+    again = list(train(cfg, tmp_path / "b", progress=False))
+    strip = lambda h: [{k: v for k, v in m.items() if "per_s" not in k and "time" not in k} for m in h]  # noqa: E731
+    assert strip(straight) == strip(again)
+
+    first = list(train(cfg.replace(epochs=1), tmp_path / "c", progress=False))
+    resumed = list(train(cfg, tmp_path / "c", progress=False))  # epochs extended: continues from epoch 1
+    assert [m["epoch"] for m in first + resumed] == [1, 2]
+    assert strip(first + resumed) == strip(straight)
+    sa, sc = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "c")
+    assert sa["epoch"] == sc["epoch"] == 2
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sc["model"][k]), k
+    lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_checkpoint_loads_with_weights_only_and_refuses_other_models(synth_dir, tmp_path):
+    cfg = small(synth_dir, epochs=1)
+    list(train(cfg, tmp_path, progress=False))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["model_name"] == "meme" and state["modalities"] == ["mnist", "svhn"]
+    trainer = Trainer(cfg)
+    trainer.load(tmp_path)
+    assert trainer.epoch == 1
+    state["model_name"] = "mvae"
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(MemeError, match="holds a 'mvae' model, expected 'meme'"):
+        trainer.load(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MemeError, match="corrupt"):
+        trainer.load(tmp_path / "broken.pt")
+    with pytest.raises(MemeError, match="different config"):
+        list(train(cfg.replace(latent_dim=4), tmp_path, progress=False))
+
+
+def test_pseudo_samples_start_from_real_training_rows(synth_dir):
+    cfg = small(synth_dir, n_pseudo=5)
+    tr = Trainer(cfg)
+    rows = tr.train_data.tables[1].float() / 255  # every SVHN row, as the model sees it
+    for u in tr.model.pseudo[1].detach():
+        assert (rows - u).abs().flatten(1).max(1).values.min() == 0
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "cifar"], "unknown dataset 'cifar'; valid: mnist_svhn"),
+    (["--supervision", "1.5"], "supervision fraction f=1.5 is outside (0, 1]"),
+    (["--supervision", "0"], "supervision fraction f=0.0 is outside (0, 1]"),
+    (["--observed", "both"], "unknown observed 'both' for dataset mnist_svhn; valid: mnist, svhn, split"),
+    (["--n-pseudo", "0"], "n_pseudo=0 must be a positive integer"),
+    (["--n-pseudo", "-3"], "n_pseudo=-3 must be a positive integer"),
+    (["--model", "vae"], "unknown model 'vae'"),
+])
+def test_cli_bad_values_are_one_line_errors(capsys, tmp_path, argv, message):
+    code, err = run_cli(capsys, "train", "--out", str(tmp_path / "x"), *argv)
+    assert code == 2
+    assert err.startswith("meme: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "x").exists()  # nothing was written
+
+
+def test_cli_unknown_config_key_and_corrupt_data(capsys, tmp_path, synth_dir):
+    (tmp_path / "cfg.json").write_text(json.dumps({"latent_dim": 8, "learning_rate": 0.1}))
+    code, err = run_cli(capsys, "train", "--out", str(tmp_path / "x"), "--config", str(tmp_path / "cfg.json"))
+    assert code == 2 and "unknown config key(s) 'learning_rate'; valid keys: model, dataset" in err
+    import shutil
+
+    broken = tmp_path / "data"
+    shutil.copytree(synth_dir, broken)
+    path = broken / "SVHN" / "train_32x32.mat"
+    path.write_bytes(path.read_bytes()[:1000])
+    code, err = run_cli(capsys, "train", "--out", str(tmp_path / "y"), "--data-dir", str(broken), "--no-download")
+    assert code == 2 and "train_32x32.mat is corrupt or truncated" in err and "\n" not in err
+
+
+def test_cli_trains_and_writes_the_run(capsys, tmp_path, synth_dir):
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--data-dir", str(synth_dir), "--no-download", "--epochs", "1",
+                 "--max-train-pairs", "128", "--latent-dim", "8", "--K", "2", "--n-pseudo", "4", "--quiet",
+                 "--supervision", "0.25", "--observed", "mnist", "--precision", "fp32"])
+    assert code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["supervision"] == 0.25 and cfg["observed"] == "mnist" and cfg["K"] == 2
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["n_paired"] == 32 and meta["n_s_only"] == 96 and meta["n_t_only"] == 0
+    assert json.loads((out / "metrics.json").read_text())["epoch"] == 1
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_non_finite_loss_stops_the_run_with_a_reason(synth_dir):
+    from meme.data import PairedData
+    from meme.train import NonFiniteLoss
+
+    g = torch.Generator().manual_seed(0)
+    xs, xt = torch.rand(64, 1, 28, 28, generator=g), torch.rand(64, 3, 32, 32, generator=g)
+    xt[5, 0, 0, 0] = float("nan")  # one corrupt pixel
+    data = PairedData.from_arrays("mnist", xs, "svhn", xt, torch.arange(64) % 10)
+    tr = Trainer(small(synth_dir, supervision=1.0), train_data=data, test_data=data)
+    with pytest.raises(NonFiniteLoss, match="non-finite .*loss.* at epoch 1 of meme"):
+        tr.run_epoch()
