@@ -180,3 +180,15 @@ def test_bad_model_arguments():
         MEME(mods, direction="sideways")
     with pytest.raises(MemeError, match="K=0"):
         MEME(mods, K=0)
+
+
+def test_bf16_autocast_keeps_the_loss_close_to_fp32(batch_data):
+    model = make_model()
+    b = batches(*batch_data)["paired"]
+    torch.manual_seed(0)
+    fp32, _ = model.loss(b)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = model.loss(b)
+    assert bf16.dtype == torch.float32  # likelihoods and the objective are summed in fp32
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.01)
