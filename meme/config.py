@@ -36,7 +36,7 @@ class TrainConfig:
     # networks and objective
     latent_dim: int = 64
     sigma_floor: float = 1e-3
-    llik_scale: float = 0.75      # fixed Laplace scale of image likelihoods
+    llik_scale: float = 1.0       # fixed Laplace scale of image likelihoods (1.0 in the published MEME code)
     K: int = 10                   # extra posterior samples in the log q(t|s) estimate
     lam: float = 10.0             # weight of log q(t|s)
     n_pseudo: int = 100           # pseudo-samples per modality (mixture prior of a missing modality)
@@ -133,7 +133,7 @@ HELP = {
     'supervision': 'fraction f in (0, 1] of pairs observed together',
     'observed': 'what the unpaired rest keeps: a modality name, or "split"',
     'paired_only': 'drop the unpaired rest (ablation J.2)',
-    'llik_scale': 'fixed Laplace scale of image likelihoods',
+    'llik_scale': 'fixed Laplace scale of image likelihoods (1.0 in the published MEME code)',
     'K': 'extra posterior samples in the log q(t|s) estimate',
     'lam': 'weight of log q(t|s)',
     'n_pseudo': 'pseudo-samples per modality (mixture prior of a missing modality)',

@@ -49,7 +49,7 @@ class Modality(nn.Module):
 class LaplaceImageModality(Modality):
     """An image (or feature vector) modality with a fixed-scale Laplace likelihood."""
 
-    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3, llik_scale: float = 0.75):
+    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3, llik_scale: float = 1.0):
         super().__init__(latent_dim, sigma_floor)
         self.llik_scale = llik_scale
 

@@ -12,7 +12,7 @@ class MNISTModality(LaplaceImageModality):
     name = "mnist"
     event_shape = (1, 28, 28)
 
-    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 0.75):
+    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 1.0):
         super().__init__(latent_dim, sigma_floor, llik_scale)
         self.enc_hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU(inplace=True))
         self.enc_mu = nn.Linear(HIDDEN, latent_dim)

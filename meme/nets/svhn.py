@@ -16,7 +16,7 @@ class SVHNModality(LaplaceImageModality):
     name = "svhn"
     event_shape = (3, 32, 32)
 
-    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 0.75):
+    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 1.0):
         super().__init__(latent_dim, sigma_floor, llik_scale)
         self.enc = nn.Sequential(
             nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(inplace=True),     # 32 -> 16
