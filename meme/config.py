@@ -17,8 +17,52 @@ from meme.errors import MemeError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+class FlatConfig:
+    """Shared behaviour of the project's frozen, flat config dataclasses: dict round trip, strict keys, types."""
+
+    _what = "config"
+
+    def _check_types(self) -> None:
+        """Every field holds its annotated type (ints are accepted for floats and converted; bools are not ints)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            typ = f.type if isinstance(f.type, str) else f.type.__name__
+            if typ == "float" and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+                continue
+            if not isinstance(v, _TYPES[typ]) or (isinstance(v, bool) and typ != "bool"):
+                raise MemeError(f"{self._what} key {f.name!r} must be of type {typ}, got {v!r}")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        unknown = sorted(set(d) - set(cls.keys()))
+        if unknown:
+            raise MemeError(f"unknown {cls._what} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(cls.keys())}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise MemeError(f"cannot read {cls._what} {path}: {e}") from None
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(FlatConfig):
     # what to train
     model: str = "meme"
     dataset: str = "mnist_svhn"
@@ -41,6 +85,10 @@ class TrainConfig:
     lam: float = 10.0             # weight of log q(t|s)
     n_pseudo: int = 100           # pseudo-samples per modality (mixture prior of a missing modality)
     direction: str = "both"       # both | t_supervises_s | s_supervises_t
+    beta: float = 1.0             # weight of the KL / JS term of MVAE, MoPoE and mmJSD
+    mmvae_posterior: str = "gaussian"  # posterior and prior family of MMVAE: gaussian | laplace
+    mmvae_estimator: str = "elbo"  # MMVAE objective: elbo (stratified, as published) | iwae | dreg
+    mmvae_samples: int = 1        # samples per modality (K) of the MMVAE estimators
     # optimisation
     lr: float = 5e-4
     beta1: float = 0.9
@@ -57,16 +105,7 @@ class TrainConfig:
     eval_every: int = 0           # epochs between evaluations (0 = only at the end, where a caller asks)
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            ok = isinstance(v, f.type if isinstance(f.type, type) else _TYPES[f.type])
-            if f.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
-                object.__setattr__(self, f.name, float(v))
-                ok = True
-            if isinstance(v, bool) and f.type not in ("bool", bool):
-                ok = False
-            if not ok:
-                raise MemeError(f"config key {f.name!r} must be a {f.type}, got {v!r}")
+        self._check_types()
         from meme.data.observation import check_supervision
 
         check_supervision(self.supervision)
@@ -92,36 +131,15 @@ class TrainConfig:
             raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
         if self.direction not in DIRECTIONS:
             raise MemeError(f"unknown direction {self.direction!r}; valid: {', '.join(DIRECTIONS)}")
+        from meme.errors import check_choice
+        from meme.models.mmvae import ESTIMATORS, FAMILIES
+
+        _positive(self, "mmvae_samples")
+        _non_negative(self, "beta")
+        check_choice("mmvae_posterior", self.mmvae_posterior, FAMILIES)
+        check_choice("mmvae_estimator", self.mmvae_estimator, ESTIMATORS)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
-
-    # ---------------------------------------------------------------- dicts
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(d) - set(cls.keys()))
-        if unknown:
-            raise MemeError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(cls.keys())}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return self.from_dict({**self.to_dict(), **changes})
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path) -> "TrainConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise MemeError(f"cannot read config {path}: {e}") from None
 
 
 #: one line of help per key (the CLI's --help and the docs)
@@ -138,6 +156,10 @@ HELP = {
     'lam': 'weight of log q(t|s)',
     'n_pseudo': 'pseudo-samples per modality (mixture prior of a missing modality)',
     'direction': 'both | t_supervises_s | s_supervises_t',
+    'beta': 'weight of the KL / JS term of MVAE, MoPoE and mmJSD',
+    'mmvae_posterior': 'posterior and prior family of MMVAE: gaussian (like-for-like) | laplace (original MMVAE)',
+    'mmvae_estimator': 'MMVAE objective: elbo (stratified, as published) | iwae | dreg',
+    'mmvae_samples': 'samples per modality (K) of the MMVAE estimators (30 with dreg in the MMVAE code)',
     'device': 'auto | cpu | cuda | cuda:N',
     'precision': 'auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32',
     'compile': 'torch.compile the networks',
@@ -147,7 +169,7 @@ HELP = {
 }
 
 
-_TYPES = {"str": str, "int": int, "float": (float, int), "bool": bool}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def _positive(cfg, *names):
