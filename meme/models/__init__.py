@@ -4,9 +4,17 @@ from __future__ import annotations
 from meme.errors import check_choice
 from meme.models.base import MultimodalModel
 from meme.models.meme import MEME
+from meme.models.mmjsd import MMJSD
+from meme.models.mmvae import MMVAE
+from meme.models.mopoe import MoPoE
+from meme.models.mvae import MVAE
 
 MODELS: dict[str, type[MultimodalModel]] = {
     "meme": MEME,
+    "mvae": MVAE,
+    "mmvae": MMVAE,
+    "mopoe": MoPoE,
+    "mmjsd": MMJSD,
 }
 
 
@@ -15,4 +23,4 @@ def build_model(cfg, modalities, train_data, observation) -> MultimodalModel:
     return MODELS[cfg.model].from_config(cfg, modalities, train_data, observation)
 
 
-__all__ = ["MODELS", "MEME", "MultimodalModel", "build_model"]
+__all__ = ["MODELS", "MEME", "MMJSD", "MMVAE", "MVAE", "MoPoE", "MultimodalModel", "build_model"]

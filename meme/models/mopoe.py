@@ -1,0 +1,72 @@
+r"""MoPoE: the mixture of products of experts (Sutter, Daunhawer & Vogt, "Generalized Multimodal ELBO", ICLR 2021).
+
+For the observed modalities X, every non-empty subset :math:`X_S \in \mathcal P(X)` gets a product of
+Gaussian experts :math:`\tilde q(z|X_S)`, and the joint posterior is their equally weighted mixture:
+
+.. math::
+
+    q(z|X) = \frac{1}{|\mathcal P(X)|} \sum_{X_S \in \mathcal P(X)} \tilde q(z|X_S), \qquad
+    \tilde q(z|X_S) = \begin{cases} q(z|x_m) & X_S = \{x_m\} \\
+        \mathrm{PoE}(p(z), q(z|x_s), q(z|x_t)) & X_S = \{x_s, x_t\} \end{cases}
+
+As in the published code, the prior expert :math:`p(z) = \mathcal N(0, I)` joins the product of the full
+set of modalities only; a single-modality subset is that modality's encoder as it is. The objective
+(with the mixture's KL replaced by its upper bound, the mean of the components' KLs, as in the paper):
+
+.. math::
+
+    \mathcal L(X) = \mathbb E_{z \sim q(z|X)} \Big[ \sum_{x_d \in X} \log p(x_d|z) \Big]
+        - \frac{\beta}{|\mathcal P(X)|} \sum_{X_S \in \mathcal P(X)} \mathrm{KL}(\tilde q(z|X_S) \,\|\, p(z)).
+
+z is drawn from the mixture by splitting the batch into equal blocks, one per subset
+(``meme.models.experts.select_components``): for a paired batch of B examples about B/3 reconstruct
+from :math:`q(z|s)`, B/3 from :math:`q(z|t)` and B/3 from the joint product.
+
+**A missing modality.** The powerset runs over the observed modalities: for an s-only example it is
+:math:`\{\{s\}\}`, the mixture is :math:`q(z|x_s)` and :math:`\mathcal L(s) = \mathbb E_{q(z|x_s)}[\log p(s|z)]
+- \beta\,\mathrm{KL}(q(z|x_s)\,\|\,p(z))`. The missing modality's encoder and decoder get no gradient.
+
+``encode(x, m)`` returns :math:`\tilde q(z|\{x_m\}) = q(z|x_m)`; ``sample_prior`` samples :math:`\mathcal N(0, I)`.
+The loss returned is the negative batch mean.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from meme.data.batch import Batch
+from meme.models.experts import BetaWeightedModel, kl_to_standard_normal, poe, select_components, with_prior_expert
+
+
+class MoPoE(BetaWeightedModel):
+    name = "mopoe"
+
+    def subset_posteriors(self, x) -> dict[tuple[int, ...], tuple[Tensor, Tensor]]:
+        """(mu, sigma) of the product of every non-empty subset of the observed modalities, in fp32."""
+        obs = [m for m in range(2) if x[m] is not None]
+        post = {(m,): tuple(v.float() for v in self.mods[m].encode(x[m])) for m in obs}
+        if len(obs) == 2:
+            mus, sigmas = with_prior_expert(torch.stack([post[(0,)][0], post[(1,)][0]]),
+                                            torch.stack([post[(0,)][1], post[(1,)][1]]))
+            post[(0, 1)] = poe(mus, sigmas)
+        return post
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        post = self.subset_posteriors(batch.x)
+        mu, sigma = select_components(torch.stack([p[0] for p in post.values()]),
+                                      torch.stack([p[1] for p in post.values()]))
+        z = mu + sigma * torch.randn_like(mu)
+        metrics = {}
+        recon = 0.0
+        for m in range(2):
+            if batch.observed[m]:
+                r = self.mods[m].log_likelihood(batch.x[m], self.mods[m].decode(z)).float()
+                metrics[f"recon_{self.names[m]}"] = r.mean()
+                recon = recon + r
+        kls = {S: kl_to_standard_normal(*p) for S, p in post.items()}
+        for S, kl in kls.items():
+            metrics["kl_" + "_".join(self.names[m] for m in S)] = kl.mean()
+        kl = torch.stack(list(kls.values())).mean(0)
+        loss = -(recon - self.beta * kl).mean()
+        metrics["loss"] = loss
+        return loss, {k: v.detach() for k, v in metrics.items()}
