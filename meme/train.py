@@ -223,7 +223,8 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
         ckpt = out / CHECKPOINT
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt)
-            old = {k: v for k, v in state["config"].items() if k != "epochs"}
+            # keys added to TrainConfig since the checkpoint was written count as their defaults
+            old = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items() if k != "epochs"}
             new = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
             if old != new:
                 diff = sorted(k for k in new if old.get(k) != new[k])
