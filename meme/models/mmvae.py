@@ -14,7 +14,7 @@ decoders. With :math:`w_{mk} = p(z_{mk})\prod_d p(x_d|z_{mk}) / q(z_{mk}|X)`,
 .. math::
 
     \mathcal L_{\mathrm{ELBO}}(X) &= \tfrac1M \sum_m \tfrac1K \sum_k \log w_{mk}
-        \qquad\text{(the published objective, } \texttt{mmvae\_estimator=elbo}\text{)} \\
+        \qquad(\texttt{elbo}, \text{the default}) \\
     \mathcal L_{\mathrm{IWAE}}(X) &= \tfrac1M \sum_m \log \tfrac1K \sum_k w_{mk}
         \qquad(\texttt{iwae})
 
