@@ -102,7 +102,7 @@ class TrainConfig(FlatConfig):
     compile: bool = False         # torch.compile the networks
     num_threads: int = 0          # 0 = torch's default
     checkpoint_every: int = 1     # epochs between checkpoints (the last epoch is always saved)
-    eval_every: int = 0           # epochs between evaluations (0 = only at the end, where a caller asks)
+    eval_every: int = 0           # evaluate every N epochs and at the last (0 = never during training)
 
     def __post_init__(self):
         self._check_types()
@@ -165,7 +165,7 @@ HELP = {
     'compile': 'torch.compile the networks',
     'num_threads': "0 = torch's default",
     'checkpoint_every': 'epochs between checkpoints (the last epoch is always saved)',
-    'eval_every': 'epochs between evaluations (0 = only at the end, where a caller asks)',
+    'eval_every': 'evaluate every N epochs and at the last (0 = never during training)',
 }
 
 

@@ -167,6 +167,23 @@ class Trainer:
                                 f"(lr={self.cfg.lr}); the trial stops here")
         return out
 
+    # ------------------------------------------------------------- evaluation
+    def evaluate(self, eval_cfg=None, classifiers=None, out_dir=None, figures: bool = False) -> tuple[dict, list]:
+        """The evaluation suite (``meme.eval.evaluate``) on this model and the test set.
+
+        Classifiers default to those stored under ``<data_dir>/classifiers`` (missing ones are skipped, and
+        so are their coherence metrics); ``eval_cfg`` defaults to ``EvalConfig(likelihood_k=0, seed=cfg.seed)``.
+        """
+        from meme.eval import EvalConfig, evaluate, load_classifiers
+        from meme.eval.classifiers import classifier_dir
+
+        if classifiers is None:
+            classifiers = load_classifiers(self.model.names, classifier_dir(self.cfg.data_dir or None),
+                                           device=self.device, missing="skip")
+        eval_cfg = eval_cfg or EvalConfig(likelihood_k=0, seed=self.cfg.seed)
+        return evaluate(self.model, self.train_data, self.test_data, classifiers, eval_cfg, out_dir=out_dir,
+                        figures=figures)
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {"version": CHECKPOINT_VERSION, "model_name": self.cfg.model, "modalities": list(self.model.names),
@@ -238,6 +255,10 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
         (out / "metadata.json").write_text(json.dumps(trainer.metadata(), indent=2) + "\n")
     while trainer.epoch < cfg.epochs:
         metrics = trainer.run_epoch(progress=progress)
+        if cfg.eval_every and (trainer.epoch % cfg.eval_every == 0 or trainer.epoch == cfg.epochs):
+            final = trainer.epoch == cfg.epochs
+            evals, _ = trainer.evaluate(out_dir=out / "eval" if (out is not None and final) else None, figures=final)
+            metrics.update({f"eval_{k}": v for k, v in evals.items()})
         if out is not None:
             if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
                 trainer.save(out / CHECKPOINT)
