@@ -1,0 +1,288 @@
+"""The paper's figures and tables from a study's MLflow runs: ``python orchestration/report.py --study NAME``.
+
+Reads the study's parent run (the latest one, or ``--run-id``) and its child runs back from MLflow, and
+draws what the study file's ``report`` section asks for, from the study YAML stored with the parent run
+(so a report matches what was run):
+
+* figures: one panel per metric, the metric's final value against a config key (e.g. the supervision
+  rate), one line per series (e.g. model and observed modality), mean +- std over the other keys (the
+  seeds), e.g. Fig. 5, 7, 21 and 22;
+* tables: mean +- std of metrics per row key combination, as Markdown and CSV (appendix H, Table 2).
+
+Files go to ``--out`` (default ``runs/reports/<parent run name>/``) and to the parent run's artifacts
+under ``report/``. Only finished child runs count (failed or interrupted ones are listed and skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from pathlib import Path
+
+from meme.config import TrainConfig
+from meme.errors import MemeError
+from orchestration.study import FigureSpec, Study, TableSpec, load_study, parse_study
+from orchestration.tracking import PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, child_runs, client_for
+
+log = logging.getLogger("orchestration.report")
+
+PROG = "report.py"
+_TYPES = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    name: str
+    status: str
+    config: dict      # typed TrainConfig values
+    metrics: dict     # final (latest step) value of each metric
+
+
+def _typed(key: str, value: str):
+    typ = _TYPES.get(key)
+    if typ == "bool":
+        return value == "True"
+    if typ == "int":
+        return int(value)
+    if typ == "float":
+        return float(value)
+    return value
+
+
+# --------------------------------------------------------------- reading
+def find_parent(client, study: str, experiment: str | None, run_id: str | None):
+    if run_id:
+        try:
+            return client.get_run(run_id)
+        except Exception as e:  # mlflow's own exception types
+            raise MemeError(f"no MLflow run {run_id} ({type(e).__name__})") from None
+    name = experiment or study
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise MemeError(f"no MLflow experiment {name!r} at this tracking URI; run the study first "
+                        f"(sweep.py --study {study}) or pass --tracking-uri / --experiment")
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{study}'"), order_by=["attributes.start_time DESC"],
+        max_results=1)
+    if not runs:
+        raise MemeError(f"experiment {name!r} holds no run of study {study!r}")
+    return runs[0]
+
+
+def study_of(client, parent, fallback: str) -> Study:
+    """The study as it was run (the YAML stored with the parent run); the file in search_spaces/ otherwise."""
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(parent.info.run_id, STUDY_ARTIFACT, d)
+            text = Path(path).read_text()
+        return parse_study(text, parent.data.tags.get(TAG_STUDY, fallback), f"{STUDY_ARTIFACT} of run {parent.info.run_id}")
+    except MemeError:
+        raise
+    except Exception as e:  # artifact missing or unreachable
+        log.warning("cannot read %s of the parent run (%s); using the study file", STUDY_ARTIFACT, e)
+        return load_study(fallback)
+
+
+def load_records(client, parent) -> tuple[list[RunRecord], list[str]]:
+    """Finished child runs as records, and one line per skipped (failed, interrupted) run."""
+    records, skipped = [], []
+    for run in child_runs(client, parent.info.experiment_id, parent.info.run_id):
+        name = run.info.run_name or run.info.run_id
+        if run.info.status != "FINISHED":
+            skipped.append(f"{name}: {run.info.status} {run.data.tags.get('meme.failure', '')}".strip())
+            continue
+        config = {k: _typed(k, v) for k, v in run.data.params.items() if k in _TYPES}
+        records.append(RunRecord(name, run.info.status, config, dict(run.data.metrics)))
+    return records, skipped
+
+
+# ------------------------------------------------------------- aggregates
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    m = sum(vals) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return m, sd, n
+
+
+def group(records: list[RunRecord], keys: tuple[str, ...], metric: str) -> dict[tuple, tuple[float, float, int]]:
+    """(values of ``keys``) -> (mean, std, n) of ``metric`` over the records holding it (std: n - 1)."""
+    buckets: dict[tuple, list[float]] = {}
+    for r in records:
+        if metric in r.metrics:
+            buckets.setdefault(tuple(r.config.get(k) for k in keys), []).append(r.metrics[metric])
+    return {k: mean_std(v) for k, v in sorted(buckets.items(), key=lambda kv: tuple(map(_sort_key, kv[0])))}
+
+
+def _sort_key(v):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def fmt_value(key: str, v) -> str:
+    if key == "supervision" and isinstance(v, float):
+        fr = Fraction(v).limit_denominator(1024)
+        return str(fr) if abs(float(fr) - v) < 1e-9 else f"{v:g}"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def series_label(keys, values) -> str:
+    return ", ".join(str(v) if isinstance(v, str) else f"{k}={fmt_value(k, v)}" for k, v in zip(keys, values)) or "all"
+
+
+# --------------------------------------------------------------- outputs
+def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    panels = [(m, group(records, (*spec.series, spec.x), m)) for m in spec.y]
+    if not any(g for _, g in panels):
+        log.warning("figure %s: no finished run logged any of %s", spec.name, ", ".join(spec.y))
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    xs_all = sorted({k[-1] for _, g in panels for k in g if isinstance(k[-1], (int, float))})
+    for ax, (metric, g) in zip(axes, panels):
+        lines: dict[tuple, list] = {}
+        for key, (m, sd, n) in g.items():
+            lines.setdefault(key[:-1], []).append((key[-1], m, sd, n))
+        for skey, pts in lines.items():
+            pts.sort(key=lambda p: _sort_key(p[0]))
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
+                        capsize=3, label=series_label(spec.series, skey))
+        if not g:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        if spec.logx and xs_all and min(xs_all) > 0:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs_all, [fmt_value(spec.x, x) for x in xs_all])
+            ax.minorticks_off()
+        ax.set_xlabel(spec.x)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    n_runs = len({r.name for r in records})
+    fig.suptitle(f"{spec.title or spec.name}  (mean ± std over seeds; {n_runs} runs)", fontsize=10)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{spec.name}.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def build_table(spec: TableSpec, records: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Header and rows for Markdown (mean ± std (n)), and the same as CSV dicts (mean, std, n separately)."""
+    groups = {m: group(records, spec.rows, m) for m in spec.columns}
+    keys = sorted({k for g in groups.values() for k in g}, key=lambda k: tuple(map(_sort_key, k)))
+    header = [*spec.rows, *spec.columns]
+    md_rows, csv_rows = [], []
+    for k in keys:
+        cells = [fmt_value(r, v) for r, v in zip(spec.rows, k)]
+        row = dict(zip(spec.rows, k))
+        for m in spec.columns:
+            mean, sd, n = groups[m].get(k, (math.nan, math.nan, 0))
+            cells.append("-" if n == 0 else f"{mean:.4f} ± {sd:.4f} ({n})")
+            row.update({f"{m}_mean": mean, f"{m}_std": sd, f"{m}_n": n})
+        md_rows.append(cells)
+        csv_rows.append(row)
+    return header, md_rows, csv_rows
+
+
+def write_table(spec: TableSpec, records: list[RunRecord], out_dir: Path) -> list[Path]:
+    header, md_rows, csv_rows = build_table(spec, records)
+    if not md_rows:
+        log.warning("table %s: no finished run logged any of %s", spec.name, ", ".join(spec.columns))
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = [f"### {spec.title or spec.name}", "", "| " + " | ".join(header) + " |",
+          "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(r) + " |" for r in md_rows]
+    md_path = out_dir / f"{spec.name}.md"
+    md_path.write_text("\n".join(md) + "\n\nmean ± std over seeds (number of runs)\n")
+    csv_path = out_dir / f"{spec.name}.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+        w.writeheader()
+        w.writerows(csv_rows)
+    return [md_path, csv_path]
+
+
+def default_specs(study: Study) -> tuple[tuple, tuple]:
+    """Without a report section: one table of the study's metric per varying keys."""
+    rows = tuple(k for k in study.varying_keys() if k != "seed") or ("model",)
+    return (), (TableSpec("summary", rows, (study.metric,), f"{study.name}: {study.metric}"),)
+
+
+def make_report(study: Study, records: list[RunRecord], out_dir: Path) -> list[Path]:
+    figures, tables = (study.figures, study.tables) if (study.figures or study.tables) else default_specs(study)
+    files = [p for spec in figures if (p := draw_figure(spec, records, out_dir)) is not None]
+    for spec in tables:
+        files += write_table(spec, records, out_dir)
+    return files
+
+
+def report(study_name: str, tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
+           out: str | None = None, log_to_mlflow: bool = True) -> tuple[list[Path], list[str]]:
+    client = client_for(tracking_uri)
+    parent = find_parent(client, study_name, experiment, run_id)
+    if parent.data.tags.get(TAG_ROLE) != "study" or PARENT_TAG in parent.data.tags:
+        raise MemeError(f"run {parent.info.run_id} is not a study's parent run")
+    study = study_of(client, parent, study_name)
+    records, skipped = load_records(client, parent)
+    if not records:
+        raise MemeError(f"the parent run {parent.info.run_id} of study {study.name!r} has no finished child runs"
+                        + (f" ({len(skipped)} not finished)" if skipped else ""))
+    out_dir = Path(out) if out else Path.cwd() / "runs" / "reports" / (parent.info.run_name or parent.info.run_id)
+    files = make_report(study, records, out_dir)
+    if not files:
+        raise MemeError(f"none of the metrics the report of {study.name!r} asks for were logged by its runs")
+    if log_to_mlflow:
+        for f in files:
+            client.log_artifact(parent.info.run_id, str(f), "report")
+    return files, skipped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from orchestration.study import study_names
+
+    p = argparse.ArgumentParser(prog=PROG, description=(
+        "Regenerate a study's figures and tables (mean ± std over seeds) from its runs in MLflow; they are "
+        "written to --out and logged to the study's parent run under report/."))
+    p.add_argument("--study", required=True, help=f"the study ({', '.join(study_names())})")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
+    p.add_argument("--run-id", help="the study's parent run (default: its latest)")
+    p.add_argument("--out", help="output folder (default: runs/reports/<parent run name>/)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from orchestration.tracking import default_tracking_uri
+
+    try:
+        files, skipped = report(args.study, args.tracking_uri or default_tracking_uri(), args.experiment,
+                                args.run_id, args.out, not args.no_log)
+    except MemeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    for s in skipped:
+        print(f"skipped (not finished): {s}")
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+if __name__ == "__main__":  # run as a file: use the package's module
+    from orchestration.report import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,662 @@
+"""Run a study of the paper: ``python orchestration/sweep.py --study NAME``.
+
+One command: the study's trials run on Ray Tune (grid, or an Optuna search with ASHA), each trial trains
+and evaluates a model (``orchestration.trainable``), MLflow records one parent run for the invocation
+and one child run per trial (``orchestration.tracking``), progress shows while it runs and a summary
+table ends it. ``report.py --study NAME`` then regenerates the paper's figures from MLflow.
+
+Where things go (defaults, relative to the working directory): MLflow in ``mlflow.db`` (artifacts in
+``mlruns/``), Ray Tune's results and checkpoints in ``runs/studies/<study>-<timestamp>/``.
+
+Interrupting (Ctrl+C, SIGINT or SIGTERM) saves the study's state; ``--resume`` continues the latest
+interrupted run of the study: unfinished trials resume from their last checkpoints, finished ones are
+kept, and their MLflow child runs are continued, never duplicated. Exit status: 0 all trials finished,
+1 some trials failed, 2 a usage error, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+
+from meme.errors import MemeError
+from orchestration.study import (Study, check_gpus, load_study, parse_study, study_names, trial_name)
+
+log = logging.getLogger("orchestration.sweep")
+
+PROG = "sweep.py"
+STATE_FILE = "meme_study.json"
+KEEP_CHECKPOINTS = 2
+
+
+# ------------------------------------------------------------------ paths
+def default_storage() -> str:
+    return str(Path.cwd() / "runs" / "studies")
+
+
+def is_uri(path: str) -> bool:
+    """s3://, gs://, ... (every node reaches them); a file:// URI is a local path."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(path).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def resolve_storage(storage: str | None) -> str:
+    s = storage or default_storage()
+    return s.rstrip("/") if is_uri(s) else str(Path(s.removeprefix("file://")).expanduser().resolve())
+
+
+def _fs(storage: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad URIs and missing credentials
+        raise MemeError(f"cannot open --storage {storage}: {e}") from None
+
+
+def write_state(storage: str, name: str, state: dict) -> None:
+    fs, base = _fs(storage)
+    fs.create_dir(f"{base}/{name}", recursive=True)
+    with fs.open_output_stream(f"{base}/{name}/{STATE_FILE}") as f:
+        f.write((json.dumps(state, indent=2) + "\n").encode())
+
+
+def read_state(storage: str, name: str) -> dict | None:
+    import pyarrow.fs
+
+    fs, base = _fs(storage)
+    path = f"{base}/{name}/{STATE_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.readall().decode())
+
+
+def find_resumable(storage: str, study: str | None, name: str | None) -> tuple[str, dict]:
+    """The run to resume: ``name`` if given, else the latest run of ``study`` under ``storage``."""
+    import pyarrow.fs
+
+    if name:
+        state = read_state(storage, name)
+        if state is None:
+            raise MemeError(f"no study run {name!r} under --storage {storage} (no {STATE_FILE} there)")
+        return name, state
+    if not study:
+        raise MemeError("--resume needs --study NAME (or --resume RUN_NAME)")
+    fs, base = _fs(storage)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+    except OSError as e:
+        raise MemeError(f"cannot list --storage {storage}: {e}") from None
+    runs = sorted(i.base_name for i in infos
+                  if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(f"{study}-"))
+    for run in reversed(runs):
+        state = read_state(storage, run)
+        if state is not None and state.get("study") == study:
+            return run, state
+    raise MemeError(f"no run of study {study!r} to resume under --storage {storage}; start one without --resume")
+
+
+# ------------------------------------------------------------- data prep
+def prepare_data_dir(study: Study, data_dir: str | None) -> str:
+    """The data dir every trial gets: generated data for studies that ask for it, else --data-dir."""
+    from meme.data import resolve_data_dir
+
+    if study.synthetic_data:
+        from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
+        from meme.data.synthetic import write_synthetic_mnist_svhn
+
+        s = study.synthetic_data
+        root = resolve_data_dir(data_dir).resolve() / "synthetic" / f"n{s['n_train']}-{s['n_test']}-s{s['seed']}"
+        files = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
+        files += [root / "SVHN" / SVHN_FILES[k] for k in ("train", "test")]
+        if not all(f.exists() for f in files):
+            print(f"{PROG}: generating the study's synthetic MNIST-format + SVHN-format data in {root}", flush=True)
+            write_synthetic_mnist_svhn(root, n_train=s["n_train"], n_test=s["n_test"], seed=s["seed"])
+        return str(root)
+    if data_dir:
+        return str(Path(data_dir).expanduser().resolve())
+    return str(study.base.get("data_dir", ""))
+
+
+def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
+    """Load the data once (downloading it if needed) and the digit classifiers the evaluation needs
+    (training them once if missing); returns modality -> classifier state dict for the trials."""
+    from meme.config import TrainConfig
+    from meme.data import get_dataset
+    from meme.eval import CLASSIFIERS, ensure_classifiers
+    from meme.eval.classifiers import classifier_dir, load_classifier
+
+    datasets = {p.get("dataset", base_cfg["dataset"]) for p in study.points()}
+    states = {}
+    for ds in sorted(datasets):
+        cfg = TrainConfig.from_dict({**base_cfg, "dataset": ds})
+        spec = get_dataset(ds)
+        for split in ("train", "test"):
+            spec.load(cfg, split)
+        names = [n for n in spec.names if n in CLASSIFIERS]
+        if not names:
+            continue
+        ensure_classifiers(names, data_dir=cfg.data_dir, progress=progress, download=cfg.download)
+        for n in names:
+            clf, record = load_classifier(n, classifier_dir(cfg.data_dir))
+            log.info("%s classifier: test accuracy %.4f", n, record["test_accuracy"])
+            states[n] = {k: v.cpu() for k, v in clf.state_dict().items()}
+    return states
+
+
+# ------------------------------------------------------------------- Ray
+def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose: bool) -> bool:
+    """Connect to Ray (or start a local instance); True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not verbose:  # the study's own progress replaces Tune's console output
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise MemeError(f"cannot {'start a local Ray instance' if address is None else f'connect to Ray at {address}'}"
+                        f": {e}") from None
+    return True
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(cpu: float, gpu: float, local: bool) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    problems = []
+    if cpu > res.get("CPU", 0):
+        problems.append(f"--cpus-per-trial {cpu:g} but the cluster has {res.get('CPU', 0):g} CPUs")
+    if gpu > 0 and gpu > res.get("GPU", 0):
+        problems.append(f"--gpus-per-trial {gpu:g} but the cluster has {res.get('GPU', 0):g} GPUs")
+    if problems:
+        msg = "; ".join(problems) + " (trials would wait forever)"
+        if local:
+            raise MemeError(msg)
+        log.warning("%s, unless the cluster scales up", msg)
+
+
+def check_shared_paths(storage: str, tracking_uri: str, shared: bool) -> None:
+    """With more than one node alive, results and tracking must be reachable from every node.
+
+    ``--storage`` must be s3:// (or another URI), or a path mounted on every node, declared with
+    ``--shared-storage`` and then checked from each node. A local SQLite tracking database likewise
+    needs ``--shared-storage`` (an MLflow server is the better choice on a cluster).
+    """
+    nodes = alive_nodes()
+    if len(nodes) <= 1:
+        return
+    from orchestration.tracking import is_local_uri
+
+    local_paths = [] if is_uri(storage) else [("--storage", storage)]
+    if is_local_uri(tracking_uri):
+        local_paths.append(("--tracking-uri", tracking_uri))
+    if not local_paths:
+        return
+    if not shared:
+        what = " and ".join(f"{opt} {p}" for opt, p in local_paths)
+        raise MemeError(f"{len(nodes)} Ray nodes are alive but {what} is a local path that the other nodes may not "
+                        f"see; pass --storage s3://bucket/path (and --tracking-uri http://<mlflow server>), or, if the "
+                        f"path is mounted at the same place on every node, add --shared-storage")
+    for opt, p in local_paths:
+        path = p.removeprefix("sqlite:///").removeprefix("file://")
+        folder = Path(path) if opt == "--storage" else Path(path).parent
+        _check_visible_everywhere(opt, folder, nodes)
+
+
+def _check_visible_everywhere(opt: str, folder: Path, nodes: list[dict]) -> None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".meme-shared-{uuid.uuid4().hex}"
+    marker.write_text("")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        refs = {n["NodeManagerAddress"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        blind = [ip for ip, ref in refs.items() if not ray.get(ref, timeout=120)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise MemeError(f"{opt} {folder} is not visible from node(s) {', '.join(blind)}; mount it at the same path "
+                        f"on every node or use s3:// storage and an MLflow server")
+
+
+# ---------------------------------------------------------------- Tune
+@contextlib.contextmanager
+def stop_signals(flag: threading.Event):
+    """SIGINT (Ctrl+C) and SIGTERM end the study gracefully: Tune saves its state, the running trials keep
+    their checkpoints, and ``--resume`` continues. (Tune ends a run on SIGUSR1, which it handles while
+    fitting; we relay the signal so that we also know the run was interrupted.) A second signal stops at once."""
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+    def handler(sig, frame):
+        if flag.is_set() or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt
+        flag.set()
+        print(f"{PROG}: {signal.Signals(sig).name}: stopping the study and saving its state (signal again to "
+              f"stop at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
+
+
+def trial_dirname(trial, varying, numbered: bool) -> str:
+    from orchestration.callbacks import trial_label
+
+    return f"{trial_label(trial, varying, numbered)}_{trial.trial_id}"[:120]
+
+
+def param_space(study: Study, base_cfg: dict) -> dict:
+    from ray import tune
+
+    from orchestration.trainable import GRID_KEY
+
+    fixed = set(study.search) | {k for g in study.grid for k in g}
+    space = {k: v for k, v in base_cfg.items() if k not in fixed}
+    if study.grid:
+        space[GRID_KEY] = tune.grid_search(study.points())
+    dists = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    for k, p in study.search.items():
+        space[k] = tune.choice(list(p.args)) if p.dist == "choice" else dists[p.dist](*p.args)
+    return space
+
+
+def make_tuner(study: Study, trainable, base_cfg: dict, args, run_name: str, storage: str, callbacks):
+    from ray import tune
+
+    numbered = bool(study.search)
+    searcher = scheduler = None
+    if study.searcher and study.searcher["name"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=study.searcher["seed"])
+    elif study.searcher:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=study.searcher["seed"])
+    if study.scheduler and study.scheduler["name"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        grace = min(study.scheduler["grace_period"], base_cfg["epochs"])
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base_cfg["epochs"], grace_period=grace,
+                                  reduction_factor=study.scheduler["reduction_factor"])
+    needs_metric = (searcher is not None and study.searcher["name"] == "optuna") or scheduler is not None
+    tune_config = tune.TuneConfig(
+        metric=study.metric if needs_metric else None, mode=study.mode if needs_metric else None,
+        search_alg=searcher, scheduler=scheduler,
+        num_samples=study.searcher["num_samples"] if study.searcher else 1,
+        max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,   # no process start per trial
+        trial_dirname_creator=partial(trial_dirname, varying=study.varying_keys(), numbered=numbered))
+    run_config = tune.RunConfig(
+        name=run_name, storage_path=storage, callbacks=callbacks, verbose=1 if args.verbose else 0,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS), log_to_file=True)
+    return tune.Tuner(trainable, param_space=param_space(study, base_cfg), tune_config=tune_config,
+                      run_config=run_config)
+
+
+# --------------------------------------------------------------- summary
+STATUS = {"TERMINATED": "done", "ERROR": "FAILED"}
+
+
+def summarize(trials, study: Study, epochs: int, run_status: dict | None = None) -> tuple[list[dict], dict]:
+    """One row per trial (name, status, epochs, metric, time), best first; and counts per status.
+
+    ``run_status`` (trial id -> MLflow child run status) is given after an interrupt: Tune then marks the
+    trials it cut short as terminated, while their child runs were never finished.
+    """
+    from orchestration.callbacks import trial_error_text, trial_label
+
+    rows = []
+    for t in trials:
+        res = t.last_result or {}
+        epoch = int(res.get("epoch", 0))
+        status = STATUS.get(t.status, "interrupted")
+        if status == "done" and run_status is not None and run_status.get(t.trial_id) != "FINISHED":
+            status = "interrupted"
+        elif status == "done" and epoch < epochs:
+            status = "stopped early"
+        value = res.get(study.metric)
+        rows.append({"trial": trial_label(t, study.varying_keys(), bool(study.search)), "status": status,
+                     "epochs": epoch, study.metric: value if isinstance(value, (int, float)) else None,
+                     "time_s": round(float(res.get("time_total_s", 0.0)), 1),
+                     "reason": trial_error_text(t) if t.status == "ERROR" else ""})
+    sign = -1 if study.mode == "max" else 1
+    rows.sort(key=lambda r: (r[study.metric] is None or not math.isfinite(r[study.metric]),
+                             sign * (r[study.metric] or 0.0)))
+    counts = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return rows, counts
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    cols = ["trial", "status", "epochs", metric, "time_s"]
+
+    def cell(r, c):
+        v = r[c]
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) and c == metric else str(v)
+
+    widths = [max(len(c), *(len(cell(r, c)) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths)) for r in rows]
+    lines += [f"  {r['trial']}: {r['reason']}" for r in rows if r["reason"]]
+    return "\n".join(lines)
+
+
+def log_summary(info, rows: list[dict], table: str) -> None:
+    from orchestration.tracking import client_for
+
+    client = client_for(info.uri)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial"])
+    w.writeheader()
+    w.writerows(rows)
+    client.log_text(info.parent_run_id, buf.getvalue(), "summary.csv")
+    client.log_text(info.parent_run_id, table + "\n", "summary.txt")
+
+
+def child_statuses(info) -> dict[str, str]:
+    """Trial id -> status of its MLflow child run."""
+    from orchestration.tracking import TAG_TRIAL_KEY, child_runs, client_for
+
+    runs = child_runs(client_for(info.uri), info.experiment_id, info.parent_run_id)
+    return {r.data.tags.get(TAG_TRIAL_KEY): r.info.status for r in runs}
+
+
+def mark_unfinished(info) -> None:
+    """Child runs cut short by an interrupt: KILLED until --resume continues them."""
+    from orchestration.tracking import child_runs, client_for
+
+    client = client_for(info.uri)
+    for run in child_runs(client, info.experiment_id, info.parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+# ------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    names = study_names()
+    p = argparse.ArgumentParser(prog=PROG, description=(
+        "Run a study of the paper on Ray Tune (+ Optuna, ASHA), tracked in MLflow. Studies are YAML files in "
+        "search_spaces/; --list describes them."), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python orchestration/sweep.py --study smoke\n"
+               "  python orchestration/sweep.py --study supervision_mnist_svhn --gpus-per-trial 0.25\n"
+               "  python orchestration/sweep.py --study supervision_mnist_svhn --resume\n"
+               "  python orchestration/report.py --study smoke")
+    p.add_argument("--study", help=f"a study name ({', '.join(names)}) or a path to a study YAML")
+    p.add_argument("--list", action="store_true", help="list the studies with what each reproduces, and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the trials the study would run, and exit")
+    p.add_argument("--data-dir", help="data directory of every trial (default: the study's, else $MEME_DATA_DIR "
+                                      "or ~/.cache/meme); generated data goes to <data dir>/synthetic/")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); "
+                                          "a cluster needs an MLflow server, http://...")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
+    p.add_argument("--storage", help="Ray Tune results and checkpoints: a local path or s3://bucket/path "
+                                     "(default: <cwd>/runs/studies)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="--storage (and a SQLite --tracking-uri) is mounted at the same path on every node "
+                        "(checked); needed for local paths on a multi-node cluster")
+    p.add_argument("--address", help="Ray address: default starts a local Ray; 'auto' joins the running "
+                                     "cluster; ray://host:10001 connects a Ray client")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local Ray")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials running at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the study's resources.cpu)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractional packs trials: 0.25 runs four trials per GPU (default: the study's)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the study's)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="restarts of a trial after a failure, from its last checkpoint (Tune FailureConfig; "
+                        "default 2; -1 = forever); deterministic errors (bad config, NaN loss) are not retried")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue an interrupted study: the latest run of --study, or the run named RUN "
+                        "(a folder under --storage)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--retry-errored", action="store_true", help="with --resume: retry failed trials from their checkpoints")
+    g.add_argument("--restart-errored", action="store_true", help="with --resume: restart failed trials from scratch")
+    p.add_argument("--quiet", action="store_true", help="no progress output (the summary is still printed)")
+    p.add_argument("-v", "--verbose", action="store_true", help="Ray Tune's own status output and trial logs")
+    return p
+
+
+def list_studies() -> str:
+    lines = []
+    for n in study_names():
+        try:
+            s = load_study(n)
+            what = f"{s.num_trials():>4} trials  {s.description}"
+        except MemeError as e:
+            what = f"   unavailable: {e}"
+        lines.append(f"{n:<24}{what}")
+    return "\n".join(lines)
+
+
+def dry_run(study: Study, base_cfg: dict, cpu: float, gpu: float) -> str:
+    out = [f"study {study.name}: {study.description}", f"  file: {study.path}",
+           f"  {study.num_trials()} trials x {base_cfg['epochs']} epochs; {cpu:g} CPU, {gpu:g} GPU per trial; "
+           f"metric {study.metric} ({study.mode})"]
+    if study.searcher:
+        out.append(f"  searcher: {study.searcher}" + (f"; scheduler: {study.scheduler}" if study.scheduler else ""))
+        out += [f"  search {k}: {p.dist}{list(p.args)}" for k, p in study.search.items()]
+    elif study.scheduler:
+        out.append(f"  scheduler: {study.scheduler}")
+    shared = {k: v for k, v in base_cfg.items() if k in study.base or k in ("epochs", "data_dir")}
+    out.append(f"  base: {shared}")
+    varying = study.varying_keys()
+    for i, point in enumerate(study.points()):
+        cfg = {**base_cfg, **point}
+        out.append(f"  [{i:>3}] {trial_name(cfg, varying)}  {point}")
+    if study.search:
+        out.append(f"  (each grid point x {study.searcher['num_samples']} samples from the search space)")
+    return "\n".join(out)
+
+
+def run(args) -> int:
+    if args.list:
+        print(list_studies())
+        return 0
+    if not args.study and args.resume in (None, ""):
+        raise MemeError("--study NAME is required (--list shows the studies)")
+    if (args.retry_errored or args.restart_errored) and args.resume is None:
+        raise MemeError("--retry-errored and --restart-errored go with --resume")
+    for opt in ("max_concurrent", "epochs"):
+        v = getattr(args, opt)
+        if v is not None and v < (0 if opt == "max_concurrent" else 1):
+            raise MemeError(f"--{opt.replace('_', '-')}={v} must be {'>= 0' if opt == 'max_concurrent' else '>= 1'}")
+    storage = resolve_storage(args.storage)
+    state = None
+    if args.resume is not None:
+        name = Path(args.study).stem if args.study and args.study.endswith((".yaml", ".yml")) else args.study
+        run_name, state = find_resumable(storage, name, args.resume or None)
+        study = parse_study(state["study_text"], state["study"], state["study_path"])
+        given = {"epochs": args.epochs, "data_dir_option": args.data_dir and str(Path(args.data_dir).expanduser().resolve())}
+        for key, value in given.items():
+            if value and value != state.get(key):
+                raise MemeError(f"--{key.removesuffix('_option').replace('_', '-')} {value} differs from the interrupted "
+                                f"run's {state.get(key)}; a resumed study keeps its settings")
+        epochs, tracking_uri = state["epochs"], args.tracking_uri or state["tracking_uri"]
+    else:
+        study = load_study(args.study)
+        run_name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        epochs = args.epochs or study.epochs
+        from orchestration.tracking import default_tracking_uri
+
+        tracking_uri = args.tracking_uri or default_tracking_uri()
+    cpu = args.cpus_per_trial if args.cpus_per_trial is not None else study.resources["cpu"]
+    gpu = args.gpus_per_trial if args.gpus_per_trial is not None else study.resources["gpu"]
+    if not cpu > 0:
+        raise MemeError(f"--cpus-per-trial={cpu} must be > 0")
+    check_gpus(gpu, lambda msg: (_ for _ in ()).throw(MemeError(f"--gpus-per-trial: {msg}")))
+
+    if args.dry_run:
+        base_cfg = study.base_config(epochs=epochs)
+        print(dry_run(study, base_cfg, cpu, gpu))
+        return 0
+
+    data_dir = state["data_dir"] if state else prepare_data_dir(study, args.data_dir)
+    overrides = {"epochs": epochs, "data_dir": data_dir}
+    if study.synthetic_data:
+        overrides["download"] = False
+    base_cfg = study.base_config(**overrides)
+    return _run_tuner(args, study, base_cfg, storage, run_name, tracking_uri, state, cpu, gpu)
+
+
+def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str,
+               state: dict | None, cpu: float, gpu: float) -> int:
+    from ray import tune
+
+    from orchestration import tracking
+    from orchestration.callbacks import ProgressCallback, TrackingCallback
+    from orchestration.trainable import TrialSettings, tune_trainable
+
+    tracking.check_reachable(tracking_uri)
+    classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)
+    started = init_ray(args.address, args.num_cpus, args.dashboard, args.verbose)
+    try:
+        check_resources(cpu, gpu, local=args.address is None)
+        check_shared_paths(storage, tracking_uri, args.shared_storage)
+        ray_path = f"{storage}/{run_name}"
+        if state is None:
+            experiment = args.experiment or study.name
+            params = {"metric": study.metric, "mode": study.mode, "epochs": base_cfg["epochs"],
+                      "n_trials": study.num_trials(), "cpus_per_trial": cpu, "gpus_per_trial": gpu,
+                      "max_failures": args.max_failures, "searcher": study.searcher, "scheduler": study.scheduler}
+            info = tracking.start_parent(tracking_uri, experiment, study, run_name, ray_path, params)
+            state = {"study": study.name, "study_path": study.path, "study_text": study.text,
+                     "epochs": base_cfg["epochs"], "data_dir": base_cfg["data_dir"], "tracking_uri": tracking_uri,
+                     "data_dir_option": args.data_dir and str(Path(args.data_dir).expanduser().resolve()),
+                     "experiment": experiment, "parent_run_id": info.parent_run_id,
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_state(storage, run_name, state)
+        else:
+            info = tracking.reopen_parent(tracking_uri, state["parent_run_id"], study.name)
+        numbered = bool(study.search)
+        settings = TrialSettings(study=study.name, eval=study.eval, varying=study.varying_keys(), numbered=numbered,
+                                 tracking=info, classifiers=classifiers, threads=max(1, int(cpu)))
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, settings=settings),
+                                        {"cpu": cpu, "gpu": gpu})
+        if args.resume is not None:
+            if not tune.Tuner.can_restore(ray_path):
+                raise MemeError(f"{ray_path} holds no restorable Ray Tune state (was the study interrupted before "
+                                f"its first trial started?); start it again without --resume")
+            tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True,
+                                       resume_errored=args.retry_errored, restart_errored=args.restart_errored)
+            print(f"{PROG}: resuming {ray_path}", flush=True)
+        else:
+            callbacks = [ProgressCallback(study.name, study.num_trials(), base_cfg["epochs"], study.metric,
+                                          study.varying_keys(), numbered, enabled=not args.quiet),
+                         TrackingCallback(info, base_cfg["epochs"], study.varying_keys(), numbered)]
+            tuner = make_tuner(study, trainable, base_cfg, args, run_name, storage, callbacks)
+        print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {base_cfg['epochs']} epochs, "
+              f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {tracking_uri} (experiment "
+              f"{state['experiment']!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
+        t0 = time.perf_counter()
+        with stop_signals(threading.Event()) as interrupted:
+            results = tuner.fit()
+        wall = time.perf_counter() - t0
+        trials = results._experiment_analysis.trials  # the Trial objects, with their statuses
+        return _finish(study, info, trials, base_cfg["epochs"], wall, run_name, interrupted.is_set())
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _finish(study: Study, info, trials, epochs: int, wall: float, run_name: str, interrupted: bool) -> int:
+    from orchestration import tracking
+
+    statuses = None
+    if interrupted:
+        try:
+            statuses = child_statuses(info)
+        except Exception as e:  # noqa: BLE001 (MLflow unreachable: the summary falls back on Tune's statuses)
+            log.warning("could not read the child runs' statuses: %s", e)
+    rows, counts = summarize(trials, study, epochs, statuses)
+    not_started = max(0, study.num_trials() - len(rows)) if interrupted else 0
+    if not_started:
+        counts["not started"] = not_started
+    table = format_table(rows, study.metric)
+    failed = counts.get("FAILED", 0)
+    print(f"\n{study.name}: {len(rows)} trials in {wall:.0f} s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    print(table, flush=True)
+    try:
+        log_summary(info, rows, table)
+        if interrupted:
+            mark_unfinished(info)
+        status = "KILLED" if interrupted else "FAILED" if failed == len(rows) else "FINISHED"
+        tracking.end_parent(info, status)
+    except Exception as e:  # noqa: BLE001 (the study's results are safe in Ray's storage either way)
+        log.warning("could not record the summary in MLflow: %s", e)
+    if interrupted:
+        print(f"{PROG}: interrupted; the state is saved. Continue with: python orchestration/sweep.py "
+              f"--study {study.name} --resume {run_name}", file=sys.stderr, flush=True)
+        return 130
+    print(f"MLflow: parent run {info.parent_run_id} in {info.uri}; figures: python orchestration/report.py "
+          f"--study {study.name}", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except MemeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before the study's state was saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # run as a file: use the package's module, so pickled callables name it
+    from orchestration.sweep import main as _main
+
+    sys.exit(_main())
