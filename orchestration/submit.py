@@ -7,16 +7,17 @@
     python orchestration/submit.py --address http://HEAD:8265 --list
 
 Submitting is the same as ``ray job submit --address http://HEAD:8265 --working-dir . -- python
-orchestration/sweep.py --study NAME ...``: the repository (less .git, virtual environments and local
-results) is packaged as the job's working directory, every option this script does not know is passed
-to ``sweep.py`` as given, the job id is printed on stdout and the job's log is followed until it ends
-(``--no-wait`` returns at once).
+orchestration/sweep.py --address auto --study NAME ...``: the repository (less .git, virtual environments
+and local results) is packaged as the job's working directory, every option this script does not know is
+passed to ``sweep.py`` as given, the job id is printed on stdout and the job's log is followed until it
+ends (``--no-wait`` returns at once). The study's driver runs on the head node and joins the cluster
+(``--address auto``), so its trials are spread over every node.
 
-A study on a cluster keeps its results and checkpoints in ``--storage``, which every node must reach: an
-``s3://`` (or ``gs://``, ...) URI, or an absolute path mounted at the same place on every node (NFS).
-Before submitting to a cluster of more than one node, a short check job writes a marker file under a
-path ``--storage`` and has every node read it and write its own; a path some node cannot see (a local
-disk) is refused with the nodes that cannot see it.
+On a cluster the study needs ``--storage`` for its results and checkpoints, which every node must reach:
+an ``s3://`` (or ``gs://``, ...) URI, or an absolute path mounted at the same place on every node (NFS,
+declared with ``--shared-storage``; ``sweep.py`` then checks from every node that it sees the path, and
+refuses a local path on a multi-node cluster). It also needs ``--tracking-uri`` of an MLflow server
+every node reaches (``docker/compose.tracking.yaml`` runs one).
 
 Values for the job's environment come from ``--env NAME`` (this shell's value) or ``--env NAME=VALUE``.
 The job's environment is shown to anyone who can reach the dashboard: keep credentials in the nodes'
@@ -26,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import shlex
 import sys
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,7 +46,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 EXCLUDES = [".git", ".venv", "venv", "**/__pycache__", ".pytest_cache", "*.egg-info", "runs", "mlruns",
             "*.db", "docker/.env", "**/*.env", ".gl", ".whl", "build"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-CHECK_TAG = "MEME_STORAGE_CHECK"
+SWEEP_ERROR = "sweep.py: error: "
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY", "CREDENTIAL")
 
 
@@ -72,19 +71,6 @@ def connect(address: str):
         raise MemeError(f"cannot reach the Ray Jobs API at {address} ({str(e).splitlines()[0]}); start the "
                         f"cluster with `ray start --head` or `ray up`, forward its dashboard port "
                         f"(`ray dashboard CLUSTER.yaml`), and check --address") from None
-
-
-def alive_nodes(address: str) -> list[dict]:
-    """The cluster's alive nodes, from the dashboard's state API."""
-    import requests
-
-    try:
-        r = requests.get(f"{check_address(address)}/api/v0/nodes", params={"limit": 10_000}, timeout=30)
-        r.raise_for_status()
-        rows = r.json()["data"]["result"]["result"]
-    except (requests.RequestException, KeyError, ValueError) as e:
-        raise MemeError(f"cannot list the nodes of the cluster at {address} ({type(e).__name__}: {e})") from None
-    return [n for n in rows if n.get("state") == "ALIVE"]
 
 
 # ------------------------------------------------------------------ what is submitted
@@ -148,14 +134,16 @@ def build_runtime_env(working_dir, env: dict[str, str], base: dict | None = None
 
 
 def sweep_entrypoint(sweep_args: list[str]) -> str:
-    return shlex.join(["python", SWEEP, *sweep_args])
+    """``python orchestration/sweep.py --address auto ARGS``: the study's driver joins the cluster it runs on."""
+    return shlex.join(["python", SWEEP, "--address", "auto", *sweep_args])
 
 
 def study_options(sweep_args: list[str]) -> argparse.Namespace:
     """The few sweep.py options this script looks at (all of them are passed on unchanged)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--study")
-    p.add_argument("--storage")
+    for opt in ("--study", "--storage", "--tracking-uri"):
+        p.add_argument(opt)
+    p.add_argument("--resume", nargs="?", const="")
     return p.parse_known_args(sweep_args)[0]
 
 
@@ -180,91 +168,28 @@ def follow(client, job_id: str, out=sys.stdout) -> str:
     return wait_for(client, job_id, timeout_s=30)
 
 
-def check_shared_storage_on_cluster(client, storage: str, runtime_env: dict, timeout_s: float = 300) -> dict:
-    """Run the storage check as a short job on the cluster and return its findings.
-
-    Raises ``MemeError`` when some node cannot read the marker the head wrote under ``storage``, or cannot
-    write its own there.
-    """
-    env = {**runtime_env, "env_vars": {k: v for k, v in runtime_env.get("env_vars", {}).items()
-                                       if k != "RAY_JOB_STOP_WAIT_TIME_S"}}
-    job_id = client.submit_job(entrypoint=shlex.join(["python", "orchestration/submit.py", "--check-shared-storage",
-                                                      storage]),
-                               runtime_env=env, metadata={"meme": "storage-check"})
-    status = wait_for(client, job_id, timeout_s)
-    logs = client.get_job_logs(job_id)
-    lines = [ln for ln in logs.splitlines() if ln.startswith(CHECK_TAG + " ")]
-    if status != "SUCCEEDED" or not lines:
-        if status not in TERMINAL:
-            client.stop_job(job_id)
-        tail = " | ".join(logs.strip().splitlines()[-3:])
-        raise MemeError(f"the storage check job {job_id} ended {status}: {tail}")
-    found = json.loads(lines[-1][len(CHECK_TAG) + 1:])
-    if found.get("error"):
-        raise MemeError(f"--storage {storage}: {found['error']}")
-    if found["not_shared"]:
-        where = ", ".join(f"{n['node_id'][:12]} at {n['node_ip']}" for n in found["not_shared"])
-        raise MemeError(f"--storage {storage} is a local path that {len(found['not_shared'])} of {found['nodes']} "
-                        f"nodes cannot see ({where}); trial checkpoints must be reachable from every node: use "
-                        f"s3://... (or gs://...), or a path mounted at the same place on every node (NFS)")
-    return found
-
-
-def run_storage_check(storage: str, timeout_s: float = 120) -> dict:
-    """Inside a job on the cluster: does every alive node see (and write) files under ``storage``?"""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    root = Path(local_path(storage))
-    token = uuid.uuid4().hex
-    marker = root / f".meme-storage-check-{token}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        marker.write_text(token)
-    except OSError as e:
-        return {"error": f"the head node cannot write there ({e})", "nodes": 0, "not_shared": []}
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def sees(path: str, expected: str, node_id: str) -> bool:
-        p = Path(path)
-        try:
-            ok = p.is_file() and p.read_text() == expected
-            Path(f"{path}.{node_id}").write_text(expected)
-        except OSError:
-            return False
-        return ok
-
-    ray.init(logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        nodes = [n for n in ray.nodes() if n["Alive"]]
-        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(marker), token, n["NodeID"]) for n in nodes]
-        seen = ray.get(refs, timeout=timeout_s)
-    finally:
-        ray.shutdown()
-    not_shared = [{"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"]} for n, ok in zip(nodes, seen)
-                  if not (ok and Path(f"{marker}.{n['NodeID']}").is_file())]
-    for p in root.glob(marker.name + "*"):
-        p.unlink(missing_ok=True)
-    return {"nodes": len(nodes), "not_shared": not_shared}
-
-
-def submit(args, sweep_args: list[str], out=sys.stdout) -> int:
-    opts = study_options(sweep_args)
+def check_study_args(opts: argparse.Namespace) -> None:
+    """What a study needs on a cluster, checked before anything is sent: storage and tracking all nodes reach."""
     if not opts.study:
         raise MemeError("no --study given; e.g. --study smoke (the studies are search_spaces/*.yaml)")
     if not opts.storage:
         raise MemeError("a study on a cluster needs --storage: s3://bucket/path (or gs://...), or an absolute path "
-                        "mounted at the same place on every node (NFS)")
+                        "mounted at the same place on every node (NFS) with --shared-storage")
     if not is_uri(opts.storage) and not Path(local_path(opts.storage)).is_absolute():
         raise MemeError(f"--storage {opts.storage!r} is a relative path; on a cluster it would land in the job's "
                         f"temporary copy of the repository: use an absolute shared path or s3://...")
+    if opts.resume is None and not (opts.tracking_uri or "").startswith(("http://", "https://")):
+        raise MemeError(f"a study on a cluster needs --tracking-uri http://HOST:5000, an MLflow server every node "
+                        f"reaches (docker/compose.tracking.yaml runs one), not {opts.tracking_uri or 'the default'} "
+                        f"(a SQLite file in the job's temporary directory)")
+
+
+def submit(args, sweep_args: list[str], out=sys.stdout) -> int:
+    opts = study_options(sweep_args)
+    check_study_args(opts)
     client = connect(args.address)
     runtime_env = build_runtime_env(args.working_dir, parse_env(args.env), load_runtime_env(args.runtime_env),
                                     args.stop_grace)
-    if not is_uri(opts.storage) and len(alive_nodes(args.address)) > 1:
-        found = check_shared_storage_on_cluster(client, opts.storage, runtime_env)
-        print(f"storage {opts.storage} is shared by all {found['nodes']} nodes", file=sys.stderr)
     job_id = client.submit_job(entrypoint=sweep_entrypoint(sweep_args), runtime_env=runtime_env,
                                submission_id=args.job_id, metadata={"meme": "study", "study": opts.study})
     print(job_id, file=out, flush=True)
@@ -276,10 +201,17 @@ def submit(args, sweep_args: list[str], out=sys.stdout) -> int:
 
 
 def report(client, job_id: str, status: str) -> int:
-    info = client.get_job_info(job_id)
-    print(f"job {job_id}: {status}" + (f" ({info.message.splitlines()[0]})" if status != "SUCCEEDED" and info.message
-                                       else ""), file=sys.stderr)
-    return 0 if status == "SUCCEEDED" else 1
+    """The job's end as an exit status: 0 succeeded, 2 the study refused its arguments (its one-line error
+    is repeated), 1 otherwise."""
+    if status == "SUCCEEDED":
+        print(f"job {job_id}: {status}", file=sys.stderr)
+        return 0
+    errors = [ln for ln in client.get_job_logs(job_id).splitlines() if ln.startswith(SWEEP_ERROR)]
+    if errors:
+        raise MemeError(f"job {job_id} {status}: {errors[-1][len(SWEEP_ERROR):]}")
+    message = (client.get_job_info(job_id).message or "").strip().splitlines()
+    print(f"job {job_id}: {status}" + (f" ({message[0]})" if message else ""), file=sys.stderr)
+    return 1
 
 
 def list_jobs(client, out=sys.stdout) -> int:
@@ -326,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--status", metavar="JOB_ID", help="print a job's status")
     act.add_argument("--stop", metavar="JOB_ID", help="stop a job: its study saves its state and exits")
     act.add_argument("--list", action="store_true", help="list the cluster's jobs")
-    act.add_argument("--check-shared-storage", metavar="PATH", help=argparse.SUPPRESS)  # runs inside a job
     p.add_argument("--follow", action="store_true", help="with --logs: follow the log until the job ends")
     p.add_argument("--no-wait", action="store_true", help="submit, print the job id and return")
     p.add_argument("--working-dir", default=str(REPO), help="the directory packaged for the job (default: this "
@@ -345,9 +276,6 @@ def main(argv=None) -> int:
     args, sweep_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.check_shared_storage:
-            print(CHECK_TAG, json.dumps(run_storage_check(args.check_shared_storage)), flush=True)
-            return 0
         if not (args.logs or args.status or args.stop or args.list):
             return submit(args, sweep_args)
         if sweep_args:

@@ -139,9 +139,11 @@ def test_kuberay_rayjob_runs_a_study_on_shared_storage_with_secrets_from_a_secre
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
     args = shlex.split(spec["entrypoint"])
-    assert args[:2] == ["python", "/home/meme/app/orchestration/sweep.py"]
+    assert args[:4] == ["python", "/home/meme/app/orchestration/sweep.py", "--address", "auto"], \
+        "the study's driver must join the RayCluster, not start a Ray of its own"
     storage = args[args.index("--storage") + 1]
     assert storage.startswith("s3://"), "pods share no disk: the study must store to S3-compatible storage"
+    assert args[args.index("--tracking-uri") + 1].startswith("http://"), "trials log to an MLflow server"
     assert args[args.index("--study") + 1]
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
