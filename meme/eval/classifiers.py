@@ -1,0 +1,227 @@
+"""Digit classifiers for cross-coherence, trained by the project on the real training sets.
+
+One small two-conv LeNet per image modality (conv 3x3 -> BatchNorm -> ReLU -> max-pool, twice; FC 256;
+dropout; FC 10). It takes float images in [0, 1] of the modality's shape, which is what the decoders
+output, so generated images are classified exactly like real ones.
+
+Files: ``<data_dir>/classifiers/<modality>.pt`` (a plain state dict, loaded with ``weights_only=True``)
+and ``<modality>.json`` beside it (modality, architecture, test accuracy, epochs, seed). They are reused
+when present; ``meme eval classifiers --data-dir D`` (re)trains them.
+
+``CLASSIFIERS`` maps a modality name to its ``ClassifierSpec``; a modality without an entry (CUB's
+features and captions) simply has no coherence metrics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
+from meme.errors import MemeError, check_choice
+from meme.nets.base import as_float
+
+log = logging.getLogger(__name__)
+
+ARCH = "lenet2-v1"
+
+
+class DigitClassifier(nn.Module):
+    """Two conv stages and two FC layers; input (B, C, H, W) floats in [0, 1], output (B, n_classes) logits."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: tuple[int, int] = (32, 64), hidden: int = 256,
+                 n_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        c, h, w = in_shape
+        self.in_shape = tuple(in_shape)
+        layers, prev = [], c
+        for ch in channels:
+            layers += [nn.Conv2d(prev, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            prev = ch
+        self.features = nn.Sequential(*layers)
+        flat = prev * (h // 4) * (w // 4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(hidden, n_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise MemeError(f"the classifier takes images of shape {self.in_shape}, got {tuple(x.shape[1:])}")
+        return self.head(self.features((x - 0.5) / 0.5))
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    in_shape: tuple[int, int, int]
+    #: (data_dir, split, download) -> (uint8 images (N, C, H, W), labels (N,))
+    load: Callable
+    epochs: int
+    channels: tuple[int, int] = (32, 64)
+
+
+def _load_mnist(data_dir, split, download):
+    x, y = load_mnist(data_dir, split, download)
+    return x.unsqueeze(1), y
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "mnist": ClassifierSpec((1, 28, 28), _load_mnist, epochs=3, channels=(16, 32)),
+    "svhn": ClassifierSpec((3, 32, 32), load_svhn, epochs=4, channels=(32, 64)),
+}
+
+
+def build_classifier(modality: str) -> DigitClassifier:
+    check_choice("classifier modality", modality, CLASSIFIERS)
+    spec = CLASSIFIERS[modality]
+    return DigitClassifier(spec.in_shape, spec.channels)
+
+
+def classifier_dir(data_dir) -> Path:
+    return resolve_data_dir(data_dir) / "classifiers"
+
+
+@torch.no_grad()
+def predict(clf: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Predicted labels of images ``x`` (uint8 or float in [0, 1]) on the classifier's device."""
+    dev = next(iter([*clf.parameters(), *clf.buffers()]), torch.empty(0)).device
+    out = [clf(as_float(x[i:i + batch_size].to(dev))).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=dev)
+
+
+def accuracy(clf: nn.Module, x: Tensor, y: Tensor) -> float:
+    clf.eval()
+    return float((predict(clf, x).cpu() == y.cpu()).float().mean()) if y.numel() else float("nan")
+
+
+def train_classifier(modality: str, data_dir=None, epochs: int | None = None, batch_size: int = 256, lr: float = 2e-3,
+                     seed: int = 0, device: str | torch.device = "cpu", download: bool = True,
+                     progress: bool = True, max_train: int = 0) -> tuple[DigitClassifier, dict]:
+    """Train the digit classifier of ``modality`` on its real training split; returns it and its record."""
+    check_choice("classifier modality", modality, CLASSIFIERS)
+    spec = CLASSIFIERS[modality]
+    epochs = spec.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise MemeError(f"epochs={epochs} must be a positive integer")
+    x_tr, y_tr = spec.load(data_dir, "train", download)
+    x_te, y_te = spec.load(data_dir, "test", download)
+    if max_train:
+        x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
+    if x_tr.shape[0] == 0 or x_te.shape[0] == 0:
+        raise MemeError(f"{modality}: the training or test split in {resolve_data_dir(data_dir)} is empty")
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        clf = build_classifier(modality).to(device)
+        opt = torch.optim.Adam(clf.parameters(), lr=lr)
+        steps = epochs * -(-x_tr.shape[0] // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        t0 = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"classifier {modality}", disable=not progress, unit="batch")
+        for _ in range(epochs):
+            clf.train()
+            perm = torch.randperm(x_tr.shape[0], generator=g)
+            for i in range(0, perm.numel(), batch_size):
+                idx = perm[i:i + batch_size]
+                xb, yb = as_float(x_tr[idx].to(device)), y_tr[idx].to(device)
+                loss = F.cross_entropy(clf(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+    clf.eval()
+    record = {"modality": modality, "arch": ARCH, "test_accuracy": accuracy(clf, x_te, y_te),
+              "epochs": epochs, "seed": seed, "n_train": int(x_tr.shape[0]), "n_test": int(x_te.shape[0]),
+              "train_time_s": round(time.perf_counter() - t0, 1), "data_dir": str(resolve_data_dir(data_dir))}
+    return clf, record
+
+
+def save_classifier(clf: nn.Module, record: dict, directory) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{record['modality']}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.cpu() for k, v in clf.state_dict().items()}, tmp)
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def load_classifier(modality: str, directory, device="cpu") -> tuple[DigitClassifier, dict]:
+    """The saved classifier of ``modality`` in ``directory`` and its record (with the test accuracy)."""
+    check_choice("classifier modality", modality, CLASSIFIERS)
+    directory = Path(directory)
+    path, meta = directory / f"{modality}.pt", directory / f"{modality}.json"
+    hint = f"train it with `meme eval classifiers --data-dir <data dir> --modality {modality}`"
+    if not path.exists() or not meta.exists():
+        raise MemeError(f"no {modality} classifier at {path if not path.exists() else meta}; {hint}")
+    try:
+        record = json.loads(meta.read_text())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MemeError(f"classifier file {path} or {meta} is corrupt ({type(e).__name__}: {e}); {hint}") from None
+    if not isinstance(record, dict) or record.get("modality") != modality:
+        got = record.get("modality") if isinstance(record, dict) else None
+        raise MemeError(f"{meta} describes a classifier for {got!r}, not {modality!r}; {hint}")
+    if record.get("arch") != ARCH:
+        raise MemeError(f"{path} has architecture {record.get('arch')!r}, this version uses {ARCH!r}; {hint}")
+    clf = build_classifier(modality)
+    try:
+        clf.load_state_dict(state)
+    except Exception as e:
+        raise MemeError(f"{path} does not fit the {modality} classifier ({type(e).__name__}); {hint}") from None
+    return clf.to(device).eval(), record
+
+
+def load_classifiers(names, directory, device="cpu", missing: str = "error") -> dict[str, nn.Module]:
+    """Classifiers for those of ``names`` that have one in ``CLASSIFIERS``.
+
+    ``missing="error"`` raises ``MemeError`` when such a file is absent; ``"skip"`` leaves it out (its
+    coherence metrics are then absent).
+    """
+    check_choice("missing", missing, ["error", "skip"])
+    out = {}
+    for name in names:
+        if name not in CLASSIFIERS:
+            continue
+        try:
+            out[name], record = load_classifier(name, directory, device)
+        except MemeError:
+            if missing == "error":
+                raise
+            log.warning("no usable %s classifier in %s: its coherence metrics are skipped", name, directory)
+            continue
+        log.info("%s classifier: test accuracy %.4f", name, record["test_accuracy"])
+    return out
+
+
+def ensure_classifiers(names, data_dir=None, directory=None, retrain: bool = False, device="cpu",
+                       epochs: int | None = None, progress: bool = True, download: bool = True,
+                       max_train: int = 0) -> dict[str, dict]:
+    """Train (or with ``retrain``, re-train) the classifiers of ``names`` that are missing; return their records."""
+    directory = Path(directory) if directory else classifier_dir(data_dir)
+    records = {}
+    for name in names:
+        check_choice("classifier modality", name, CLASSIFIERS)
+        if not retrain:
+            try:
+                records[name] = load_classifier(name, directory)[1]
+                continue
+            except MemeError:
+                pass
+        clf, record = train_classifier(name, data_dir, epochs=epochs, device=device, progress=progress,
+                                       download=download, max_train=max_train)
+        save_classifier(clf, record, directory)
+        records[name] = record
+    return records

@@ -1,0 +1,145 @@
+"""``meme eval``: evaluate a trained run, and ``meme eval classifiers``: (re)train the digit classifiers.
+
+    meme eval --checkpoint runs/x --out runs/x/eval          # metrics.json + figures
+    meme eval classifiers --data-dir D                       # D/classifiers/{mnist,svhn}.pt (+ .json)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from meme.errors import MemeError
+
+log = logging.getLogger(__name__)
+
+HELP = {
+    "batch_size": "test pairs per batch; W2 is taken over all (i, j) inside a batch",
+    "use_mean": "cross-generate from the posterior mean instead of a sample",
+    "n_latent_train": "training examples for the linear latent probe (0 = all)",
+    "max_test_pairs": "0 = the full test set, else a seeded subset",
+    "n_joint": "prior samples for joint coherence (0 = skip)",
+    "likelihood_k": "importance samples per log p(x_a|x_b) (0 = skip likelihoods)",
+    "likelihood_pairs": "test pairs for the likelihoods (0 = all)",
+    "elbo": "the model's objective on the test set",
+    "n_tsne": "latents in the t-SNE figure",
+    "n_grid": "columns of the cross-generation grids",
+    "grid_samples": "sample rows of the cross-generation grids",
+    "device": "auto | cpu | cuda | cuda:N",
+}
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    from meme.eval.config import EvalConfig
+
+    for f in fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{HELP.get(f.name, '')} (default: {f.default!r})"
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, type={"int": int, "str": str}[f.type], default=None, help=help_)
+
+
+def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):
+    """Rebuild the model of a run (a run directory or a checkpoint file); returns (model, cfg, train, test)."""
+    from meme.config import TrainConfig
+    from meme.data import get_dataset, make_observation
+    from meme.models import build_model
+    from meme.train import check_checkpoint, load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    if data_dir:
+        cfg = cfg.replace(data_dir=str(data_dir))
+    spec = get_dataset(cfg.dataset)
+    check_checkpoint(state, cfg.model, None, source=f"checkpoint {checkpoint}")
+    check_checkpoint(state, expect_model, spec.names, source=f"checkpoint {checkpoint}")
+    train_data = spec.load(cfg, "train")
+    test_data = spec.load(cfg, "test")
+    if len(train_data) == 0:
+        raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
+    observation = make_observation(len(train_data), cfg.supervision, cfg.observed, train_data.names,
+                                   cfg.paired_only, cfg.data_seed)
+    model = build_model(cfg, spec.build_modalities(cfg, train_data), train_data, observation)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+        raise MemeError(f"checkpoint {checkpoint}: its weights do not fit the {cfg.model!r} model built from its "
+                        f"config ({first[0].strip()})") from None
+    return model, cfg, train_data, test_data
+
+
+def cmd_eval(args) -> int:
+    from meme.eval.classifiers import classifier_dir, load_classifiers
+    from meme.eval.config import EvalConfig
+    from meme.eval.suite import evaluate
+    from meme.train import resolve_device
+
+    if not args.checkpoint:
+        raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
+    given = {k: getattr(args, k) for k in EvalConfig.keys() if getattr(args, k, None) is not None}
+    ecfg = EvalConfig.from_dict(given)
+    model, cfg, train_data, test_data = load_run(args.checkpoint, args.data_dir, args.model)
+    device = resolve_device(ecfg.device)
+    ecfg = ecfg.replace(device=str(device))
+    clf_dir = Path(args.classifier_dir) if args.classifier_dir else classifier_dir(cfg.data_dir)
+    classifiers = {} if args.no_coherence else load_classifiers(model.names, clf_dir, device)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    metrics, files = evaluate(model, train_data, test_data, classifiers, ecfg, out_dir=out,
+                              figures=not args.no_figures, progress=not args.quiet)
+    width = max(map(len, metrics))
+    for k in sorted(metrics):
+        print(f"{k:<{width}}  {metrics[k]:.4f}")
+    (out / "eval_config.json").write_text(json.dumps(ecfg.to_dict(), indent=2) + "\n")
+    print(f"wrote {len(files)} files to {out}")
+    return 0
+
+
+def cmd_classifiers(args) -> int:
+    from meme.eval.classifiers import CLASSIFIERS, ensure_classifiers
+    from meme.train import resolve_device
+
+    names = args.modality or list(CLASSIFIERS)
+    records = ensure_classifiers(names, data_dir=args.data_dir or None, directory=args.out or None,
+                                 retrain=not args.reuse, device=resolve_device(args.device), epochs=args.epochs,
+                                 progress=not args.quiet, download=not args.no_download, max_train=args.max_train)
+    for name, r in records.items():
+        print(f"{name}: test accuracy {r['test_accuracy']:.4f} ({r['n_train']} training images, {r['epochs']} epochs)")
+    return 0
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    e = subparsers.add_parser("eval", help="evaluate a trained run (or train the digit classifiers)", description=(
+        "Evaluate a run: meme eval --checkpoint runs/x --out runs/x/eval writes metrics.json, relatedness.json "
+        "and the figures. Coherence needs the digit classifiers of <data dir>/classifiers: train them once "
+        "with `meme eval classifiers --data-dir D`."))
+    e.add_argument("--checkpoint", help="a run directory (holding checkpoint.pt) or a checkpoint file")
+    e.add_argument("--out", help="output directory (default: <run dir>/eval)")
+    e.add_argument("--data-dir", help="where the data lies, if not where the run was trained")
+    e.add_argument("--classifier-dir", help="digit classifiers (default: <data dir>/classifiers)")
+    e.add_argument("--model", help="refuse a checkpoint of any other model (e.g. meme)")
+    e.add_argument("--no-coherence", action="store_true", help="skip coherence (no classifiers needed)")
+    e.add_argument("--no-figures", action="store_true", help="metrics only")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_eval_options(e)
+    e.set_defaults(func=cmd_eval)
+    sub = e.add_subparsers(dest="eval_command", required=False)
+    c = sub.add_parser("classifiers", help="train the digit classifiers on the real training sets", description=(
+        "Train the MNIST and SVHN digit classifiers used by cross-coherence, on the real training sets in "
+        "--data-dir; writes <data dir>/classifiers/<modality>.pt and .json (with the test accuracy)."))
+    c.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
+    c.add_argument("--out", default="", help="where to write them (default: <data dir>/classifiers)")
+    c.add_argument("--modality", nargs="+", help="which classifiers (default: all)")
+    c.add_argument("--epochs", type=int, default=None, help="training epochs (default: per modality)")
+    c.add_argument("--max-train", type=int, default=0, help="train on the first N training images only (0 = all)")
+    c.add_argument("--reuse", action="store_true", help="keep classifiers that already exist")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    c.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_classifiers)
+    return e

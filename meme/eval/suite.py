@@ -1,0 +1,208 @@
+"""``evaluate``: the whole evaluation of one model, as flat float metrics plus figure files."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from meme.data.batch import gather
+from meme.data.paired import PairedData
+from meme.errors import MemeError
+from meme.eval import plots
+from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample
+from meme.eval.config import EvalConfig
+from meme.eval.classifiers import accuracy
+from meme.eval.latents import Encoded, encode_pairs, has_labels, latent_accuracy
+from meme.eval.likelihood import conditional_log_likelihoods, test_objective
+from meme.eval.relatedness import Relatedness, class_linkage, relatedness
+
+log = logging.getLogger(__name__)
+
+STAGES = ("encode", "classifier_acc", "coherence", "joint_coherence", "latent_probe", "relatedness", "likelihood",
+          "elbo", "figures")
+
+
+def _device(model: nn.Module, name: str) -> torch.device:
+    if name == "auto":
+        p = next(model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+    from meme.train import resolve_device
+
+    return resolve_device(name)
+
+
+def _check_inputs(model, train_data, test_data, classifiers) -> None:
+    if test_data is None or len(test_data) == 0:
+        raise MemeError("the test set is empty: there is nothing to evaluate (check --data-dir and max_test_pairs)")
+    if tuple(test_data.names) != tuple(model.names):
+        raise MemeError(f"the model is for modalities {tuple(model.names)} but the test data holds {tuple(test_data.names)}")
+    if train_data is not None and tuple(train_data.names) != tuple(model.names):
+        raise MemeError(f"the model is for modalities {tuple(model.names)} but the training data holds {tuple(train_data.names)}")
+    unknown = sorted(set(classifiers) - set(model.names))
+    if unknown:
+        raise MemeError(f"classifiers for {', '.join(map(repr, unknown))} do not match the model's modalities "
+                        f"{model.names[0]!r}, {model.names[1]!r}")
+
+
+def evaluate(model, train_data: PairedData | None, test_data: PairedData, classifiers: dict[str, nn.Module],
+             cfg: EvalConfig = EvalConfig(), out_dir=None, figures: bool = True, progress: bool = False,
+             timings: dict[str, float] | None = None) -> tuple[dict[str, float], list[Path]]:
+    """Evaluate ``model``; see the contract in ``meme.eval``'s docstring. Returns (metrics, files written).
+
+    ``timings``, when given, receives the seconds spent in each of ``STAGES``.
+    """
+    _check_inputs(model, train_data, test_data, classifiers)
+    device = _device(model, cfg.device)
+    model.to(device)
+    classifiers = {k: c.to(device).eval() for k, c in classifiers.items()}
+    was_training = model.training
+    model.eval()
+    out = Path(out_dir) if out_dir is not None else None
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(cfg.seed)
+            metrics, files = _evaluate(model, train_data, test_data, classifiers, cfg, device, out,
+                                       figures and out is not None, progress, {} if timings is None else timings)
+    finally:
+        model.train(was_training)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        files.append(out / "metrics.json")
+    return metrics, files
+
+
+def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device, out: Path | None, figures: bool,
+              progress: bool, timings: dict[str, float]) -> tuple[dict[str, float], list[Path]]:
+    names = model.names
+    g = torch.Generator().manual_seed(cfg.seed)
+    test_pairs = torch.randperm(len(test_data), generator=g)
+    if cfg.max_test_pairs:
+        test_pairs = test_pairs[:cfg.max_test_pairs]
+    metrics: dict[str, float] = {"n_test_pairs": float(test_pairs.numel())}
+    files: list[Path] = []
+    bar = tqdm(total=len(STAGES), desc="evaluate", disable=not progress, unit="stage")
+
+    @contextmanager
+    def stage(name):
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings[name] = time.perf_counter() - t0
+        bar.update(1)
+
+    with stage("encode"):
+        enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device)
+
+    with stage("classifier_acc"):  # the classifiers on the real test images: the ceiling of coherence
+        for m, clf in classifiers.items():
+            i = names.index(m)
+            metrics[f"classifier_acc_{m}"] = accuracy(clf, test_data.rows(i, test_pairs), test_data.labels[test_pairs])
+
+    with stage("coherence"):
+        if has_labels(enc.labels):
+            for a, b in ((0, 1), (1, 0)):
+                if names[b] in classifiers:
+                    metrics[f"coherence_{names[a]}_to_{names[b]}"] = cross_coherence(
+                        model, enc, a, b, classifiers[names[b]], cfg.batch_size, device, cfg.use_mean)
+
+    with stage("joint_coherence"):
+        if cfg.n_joint and all(n in classifiers for n in names):
+            metrics["coherence_joint"] = joint_coherence(model, (classifiers[names[0]], classifiers[names[1]]),
+                                                         cfg.n_joint, cfg.batch_size)
+
+    with stage("latent_probe"):
+        if train_data is not None and len(train_data) and has_labels(enc.labels) and has_labels(train_data.labels):
+            train_pairs = torch.randperm(len(train_data), generator=g)
+            if cfg.n_latent_train:
+                train_pairs = train_pairs[:cfg.n_latent_train]
+            enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device)
+            for m in range(2):
+                metrics[f"latent_acc_{names[m]}"] = latent_accuracy(
+                    enc_train.mu[m].numpy(), enc_train.labels.numpy(), enc.mu[m].numpy(), enc.labels.numpy(), cfg.seed)
+
+    with stage("relatedness"):
+        rel = relatedness(enc, cfg.batch_size)
+        metrics.update(rel.summary())
+
+    with stage("likelihood"):
+        if cfg.likelihood_k:
+            lik_pairs = test_pairs[:cfg.likelihood_pairs] if cfg.likelihood_pairs else test_pairs
+            metrics.update(conditional_log_likelihoods(model, test_data, lik_pairs, cfg.likelihood_k,
+                                                       max(1, cfg.batch_size // 4), device))
+
+    with stage("elbo"):
+        if cfg.elbo:
+            metrics.update(test_objective(model, test_data, test_pairs, cfg.batch_size, device))
+
+    with stage("figures"):
+        if out is not None:
+            files.append(_write_relatedness(out, rel, names))
+        if figures:
+            files += _figures(model, test_data, test_pairs, enc, rel, cfg, device, out)
+    bar.close()
+    log.info("evaluation times (s): %s", {k: round(v, 2) for k, v in timings.items()})
+    bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.startswith("w2_")]
+    if bad:
+        log.warning("non-finite evaluation metrics: %s", ", ".join(bad))
+    return metrics, files
+
+
+def _write_relatedness(out: Path, rel: Relatedness, names) -> Path:
+    """The class matrix, the dendrogram's leaf order and the W2 histograms, as JSON beside the figures."""
+    from scipy.cluster.hierarchy import leaves_list
+
+    both = np.concatenate([rel.related, rel.unrelated])
+    bins = np.linspace(float(both.min()), float(both.max()) + 1e-9, 101)
+    doc = {"modalities": list(names), "bins": bins.tolist(),
+           "related_counts": np.histogram(rel.related, bins)[0].tolist(),
+           "unrelated_counts": np.histogram(rel.unrelated, bins)[0].tolist(),
+           "class_matrix": None, "dendrogram_leaves": None}
+    if rel.class_matrix is not None:
+        m = rel.class_matrix
+        doc["class_matrix"] = [[None if not np.isfinite(v) else float(v) for v in row] for row in m]
+        if np.isfinite(m).all() and m.shape[0] > 1:
+            doc["dendrogram_leaves"] = leaves_list(class_linkage(m)).tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "relatedness.json"
+    path.write_text(json.dumps(doc) + "\n")
+    return path
+
+
+def _figures(model, test_data, test_pairs, enc: Encoded, rel: Relatedness, cfg: EvalConfig, device, out: Path) -> list[Path]:
+    names = model.names
+    files = []
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    pick = plots.pick_grid_examples(enc.labels, cfg.n_grid, g)
+    batch = gather(test_data, test_pairs[pick], (True, True), device)
+    for a, b in ((0, 1), (1, 0)):
+        mu, sigma = enc.mu[a][pick].to(device), enc.sigma[a][pick].to(device)
+        outputs = torch.stack([model.decode(latent_sample(mu, sigma, False), b).float() for _ in range(cfg.grid_samples)])
+        if plots.is_image(batch.x[a]) and plots.is_image(outputs[0]):
+            files.append(plots.cross_generation_grid(out / f"cross_{names[a]}_to_{names[b]}.png", batch.x[a],
+                                                     outputs, names[a], names[b], enc.labels[pick]))
+    if cfg.n_tsne >= 10:
+        n = min(cfg.n_tsne // 2, len(enc))
+        sel = torch.randperm(len(enc), generator=g)[:n]
+        points = torch.cat([enc.mu[0][sel], enc.mu[1][sel]]).numpy()
+        labels = torch.cat([enc.labels[sel], enc.labels[sel]]).numpy()
+        modality = np.repeat([0, 1], n)
+        files.append(plots.tsne_figure(out / "tsne.png", points, labels, modality, names, cfg.seed))
+    if rel.related.size and rel.unrelated.size:
+        files.append(plots.w2_histogram(out / "w2_histogram.png", rel.related, rel.unrelated, names,
+                                        has_labels(enc.labels)))
+    if rel.class_matrix is not None and rel.class_matrix.shape[0] > 1:
+        m = rel.class_matrix
+        link = class_linkage(m) if np.isfinite(m).all() else None
+        files.append(plots.class_matrix_figure(out / "class_matrix.png", m, link, names))
+    return files
