@@ -138,3 +138,21 @@ def test_non_finite_loss_stops_the_run_with_a_reason(synth_dir):
     tr = Trainer(small(synth_dir, supervision=1.0), train_data=data, test_data=data)
     with pytest.raises(NonFiniteLoss, match="non-finite .*loss.* at epoch 1 of meme"):
         tr.run_epoch()
+
+
+def test_eval_every_adds_evaluation_metrics_and_final_figures(synth_dir, tmp_path):
+    cfg = small(synth_dir, epochs=2, eval_every=1, max_test_pairs=40)
+    history = list(train(cfg, tmp_path, progress=False))
+    for m in history:
+        assert 0.0 <= m["eval_latent_acc_mnist"] <= 1.0 and "eval_w2_gap" in m
+        assert m["eval_n_test_pairs"] == 40
+    # no digit classifiers in this data dir: coherence is absent rather than made up
+    assert not any(k.startswith("eval_coherence") for k in history[-1])
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.png"))  # the final figures
+    # the trainer's evaluation is the suite's: same checkpoint, same seed, same numbers
+    tr = Trainer(cfg)
+    tr.load(tmp_path)
+    again, _ = tr.evaluate()
+    assert again["latent_acc_mnist"] == history[-1]["eval_latent_acc_mnist"]
+    assert again["w2_gap"] == pytest.approx(history[-1]["eval_w2_gap"], rel=1e-6)
