@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_cluster_support import (ROOT, SUBMIT, LocalCluster, epochs_logged, free_ports, mlflow_children, only_run,
-                                  trial_results, wait_until)
+                                  tiny_study, trial_results, wait_until)
 
 from meme.errors import MemeError
 from orchestration import submit
@@ -84,19 +84,7 @@ def test_entrypoint_passes_the_study_arguments_through_quoted():
 
 # ------------------------------------------------------------------ a real two-node cluster
 #: two trials of one CPU each on a cluster of two one-CPU nodes: one trial per node
-STUDY = """\
-description: Two tiny MEME trials for the cluster tests.
-base: {model: meme, dataset: mnist_svhn, download: false, max_train_pairs: 128, latent_dim: 4, batch_size: 64,
-       K: 1, n_pseudo: 4}
-grid:
-  seed: [0, 1]
-metric: loss
-mode: min
-epochs: 2
-resources: {cpu: 1, gpu: 0}
-eval: {max_test_pairs: 64, n_latent_train: 64, n_joint: 0, likelihood_k: 0, elbo: false, n_tsne: 0, n_grid: 2,
-       grid_samples: 1}
-"""
+STUDY = tiny_study("Two tiny MEME trials for the cluster tests.", "seed: [0, 1]", epochs=2, max_train_pairs=128)
 
 
 @pytest.fixture(scope="module")

@@ -214,3 +214,20 @@ def epochs_logged(uri: str, run_id: str) -> list[int]:
     from mlflow import MlflowClient
 
     return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "epoch"))
+
+
+def tiny_study(description: str, grid: str, epochs: int, max_train_pairs: int) -> str:
+    """A study YAML of tiny one-CPU MEME trials with a light evaluation, for the generated data (``synth_dir``)."""
+    return f"""\
+description: {description}
+base: {{model: meme, dataset: mnist_svhn, download: false, max_train_pairs: {max_train_pairs}, latent_dim: 4,
+       batch_size: 64, K: 1, n_pseudo: 4}}
+grid:
+  {grid}
+metric: loss
+mode: min
+epochs: {epochs}
+resources: {{cpu: 1, gpu: 0}}
+eval: {{max_test_pairs: 64, n_latent_train: 64, n_joint: 0, likelihood_k: 0, elbo: false, n_tsne: 0, n_grid: 2,
+       grid_samples: 1}}
+"""
