@@ -151,7 +151,7 @@ class LocalCluster:
                 return False
         wait_until(up, timeout_s, "mlflow server")
 
-    def submit(self, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    def submit(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([*SUBMIT, "--address", self.address, *args], capture_output=True, text=True,
                               env=self.env, timeout=timeout_s, cwd=ROOT)
 
