@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_data)
 
+    from meme.features.cli import add_features_parser
+
+    add_features_parser(sub)
     try:  # the evaluation suite registers `meme eval` when present
         from meme.eval.cli import add_eval_parser
     except ImportError:

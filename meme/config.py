@@ -73,6 +73,7 @@ class TrainConfig(FlatConfig):
     data_seed: int = 0            # seeds the pairing and which examples stay paired
     max_train_pairs: int = 0      # 0 = all; otherwise the first N training pairs (quick runs)
     max_test_pairs: int = 0
+    features_dir: str = ""        # CUB feature store ("" = <data dir>/cub/features)
     # partial observation (paper §4.1, appendix J.2)
     supervision: float = 1.0      # fraction f in (0, 1] of pairs observed together
     observed: str = "split"       # what the unpaired rest keeps: a modality name, or "split"
@@ -148,6 +149,7 @@ HELP = {
     'pairings': 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)',
     'data_seed': 'seeds the pairing and which examples stay paired',
     'max_train_pairs': '0 = all; otherwise the first N training pairs (quick runs)',
+    'features_dir': 'CUB feature store written by `meme features` ("" = <data dir>/cub/features)',
     'supervision': 'fraction f in (0, 1] of pairs observed together',
     'observed': 'what the unpaired rest keeps: a modality name, or "split"',
     'paired_only': 'drop the unpaired rest (ablation J.2)',

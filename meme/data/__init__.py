@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from meme.data.batch import Batch, BatchLoader, full_batches
+from meme.data.cub import build_cub_modalities, load_cub
 from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
 from meme.data.observation import Observation, make_observation
 from meme.data.paired import PairedData
@@ -39,6 +40,7 @@ def _load_mnist_svhn(cfg, split: str) -> PairedData:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist_svhn": DatasetSpec(("mnist", "svhn"), _load_mnist_svhn, registry_modalities),
+    "cub": DatasetSpec(("cub_image", "cub_caption"), load_cub, build_cub_modalities),
 }
 
 

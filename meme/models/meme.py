@@ -43,15 +43,17 @@ from meme.nets.base import Modality, as_float
 DIRECTIONS = ("both", "t_supervises_s", "s_supervises_t")
 
 
-def pseudo_init_rows(data, observation, m: int, n: int, seed: int) -> Tensor:
-    """n real training rows of modality m, taken from the examples where m is observed."""
+def pseudo_init_rows(data, observation, m: int, n: int, seed: int, modality: Modality | None = None) -> Tensor:
+    """n real training rows of modality m, taken from the examples where m is observed, as
+    ``modality.pseudo_input`` makes them (default: ``as_float``)."""
     pairs = torch.cat([observation.paired, observation.s_only if m == 0 else observation.t_only])
     if pairs.numel() == 0:
         raise MemeError(f"no training example observes modality {data.names[m]!r}; cannot initialise its pseudo-samples")
     g = torch.Generator().manual_seed(seed + 17 * m)
     pick = pairs[torch.randint(pairs.numel(), (n,), generator=g)] if n > pairs.numel() else \
         pairs[torch.randperm(pairs.numel(), generator=g)[:n]]
-    return as_float(data.rows(m, pick)).float()
+    rows = data.rows(m, pick)
+    return modality.pseudo_input(rows) if modality is not None else as_float(rows).float()
 
 
 class MEME(MultimodalModel):
@@ -68,15 +70,15 @@ class MEME(MultimodalModel):
         check_choice("direction", direction, DIRECTIONS)
         self.K, self.lam, self.direction = K, lam, direction
         if pseudo_init is None:
-            pseudo_init = tuple(torch.rand(n_pseudo, *m.event_shape) for m in modalities)
+            pseudo_init = tuple(torch.rand(n_pseudo, *m.pseudo_shape) for m in modalities)
         for m, u in zip(modalities, pseudo_init):
-            if u.shape != (n_pseudo, *m.event_shape):
-                raise MemeError(f"pseudo-samples of {m.name} have shape {tuple(u.shape)}, expected {(n_pseudo, *m.event_shape)}")
+            if u.shape != (n_pseudo, *m.pseudo_shape):
+                raise MemeError(f"pseudo-samples of {m.name} have shape {tuple(u.shape)}, expected {(n_pseudo, *m.pseudo_shape)}")
         self.pseudo = nn.ParameterList([nn.Parameter(u.clone().float()) for u in pseudo_init])
 
     @classmethod
     def from_config(cls, cfg, modalities, train_data, observation):
-        init = tuple(pseudo_init_rows(train_data, observation, m, cfg.n_pseudo, cfg.seed) for m in range(2))
+        init = tuple(pseudo_init_rows(train_data, observation, m, cfg.n_pseudo, cfg.seed, modalities[m]) for m in range(2))
         return cls(modalities, K=cfg.K, lam=cfg.lam, n_pseudo=cfg.n_pseudo, direction=cfg.direction, pseudo_init=init)
 
     # ------------------------------------------------------------------ paired

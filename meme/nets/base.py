@@ -36,6 +36,15 @@ class Modality(nn.Module):
     def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
         raise NotImplementedError
 
+    # MEME's pseudo-samples live in the encoder's input space: their shape, and how real rows initialise them
+    @property
+    def pseudo_shape(self) -> tuple[int, ...]:
+        return self.event_shape
+
+    def pseudo_input(self, rows: Tensor) -> Tensor:
+        """Raw data rows -> the float tensor pseudo-samples start from (e.g. one-hot rows for tokens)."""
+        return as_float(rows).float()
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, raw = self._encode(x)
         return mu, F.softplus(raw) + self.sigma_floor
