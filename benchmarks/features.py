@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,21 +89,25 @@ def bench_loading(tmp: Path, rows: int, repeats: int) -> dict:
     return out
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def bench_text(path: Path, queries: list[str]) -> None:
     from meme.features.text import FastTextSettings, Vocab, fit_fasttext, tokenize_all
 
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = _rss_mib()
     t0 = time.perf_counter()
     tokens = tokenize_all(lines)
     vocab = Vocab.build(tokens, min_occ=3)
     t1 = time.perf_counter()
     model = fit_fasttext(tokens, FastTextSettings())
     t2 = time.perf_counter()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"text: {len(lines)} captions, vocabulary {len(vocab)} entries (words seen > 3 times + 3 specials)")
-    print(f"text: tokenize + vocabulary {t1 - t0:.2f} s, FastText fit {t2 - t1:.2f} s (1 thread), "
-          f"peak RSS {rss:.0f} MiB (before: {rss0:.0f} MiB)")
+    print(f"text: tokenize + vocabulary {t1 - t0:.2f} s, FastText fit {t2 - t1:.2f} s (1 thread); process RSS "
+          f"{rss0:.0f} MiB before, {_rss_mib():.0f} MiB after (+{_rss_mib() - rss0:.0f} MiB)")
     for q in queries:
         near = model.wv.most_similar(q, topn=3)
         print(f"text: nearest to {q!r}: " + ", ".join(f"{w} ({s:.3f})" for w, s in near))
@@ -119,7 +125,11 @@ def main() -> None:
     p.add_argument("--captions", type=Path, default=None)
     p.add_argument("--queries", nargs="*", default=["beak", "wings", "red"])
     p.add_argument("--skip-extraction", action="store_true")
+    p.add_argument("--text-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.text_only:
+        bench_text(args.captions, args.queries)
+        return
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -136,8 +146,9 @@ def main() -> None:
         bb, bm = r["binary"]
         print(f"  for comparison, a fixed_size_binary(8192) Parquet column: {bb * 1e3:.1f} / {bm * 1e3:.1f} ms "
               f"({bb / nb:.2f}x / {bm / nm:.2f}x numpy)")
-    if args.captions is not None:
-        bench_text(args.captions, args.queries)
+    if args.captions is not None:  # in a fresh process, so that its peak memory is the text pipeline's own
+        subprocess.run([sys.executable, __file__, "--text-only", "--captions", str(args.captions),
+                        "--queries", *args.queries], check=True)
 
 
 if __name__ == "__main__":

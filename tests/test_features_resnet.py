@@ -38,8 +38,8 @@ def test_random_weights_match_torchvision_directly(net):
 
 
 def test_weights_file_and_errors(net, tmp_path, monkeypatch):
-    full = torchvision.models.resnet101(weights=None).state_dict()
-    state = {**full, **{k: v for k, v in net.state_dict().items()}}   # a complete torchvision state dict (fc included)
+    # a complete torchvision state dict: the trunk plus the 1000-class classifier (which extraction drops)
+    state = {**net.state_dict(), "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
     torch.save(state, tmp_path / "resnet101.pth")
     loaded = rn.resnet101_features(str(tmp_path / "resnet101.pth"))
     x = torch.rand(1, 3, 48, 48)

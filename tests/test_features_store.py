@@ -88,7 +88,8 @@ def test_schema_and_version_mismatch(tmp_path):
     # a float64 feature column: not the schema the reader expects
     table = pa.table({**cols, "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1).astype(np.float64)), 2048)})
     pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
-    with pytest.raises(MemeError, match=r"schema mismatch: column 'features' is fixed_size_list<element: double>\[2048\], expected fixed_size_list<element: float not null>"):
+    with pytest.raises(MemeError, match=r"schema mismatch: column 'features' is fixed_size_list<element: double>\[2048\], "
+                                        r"expected fixed_size_list<element: float not null>"):
         st.read_images(tmp_path)
     pq.write_table(table.drop_columns(["label"]).replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
     with pytest.raises(MemeError, match=r"schema mismatch: columns \['image_id', 'split', "):
