@@ -170,6 +170,10 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose
     if not verbose:  # the study's own progress replaces Tune's console output
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        # a Ray Jobs entrypoint (`ray job submit -- python orchestration/sweep.py ...`) runs with RAY_ADDRESS
+        # set to its cluster: join it rather than starting a private one-node Ray
+        address = os.environ["RAY_ADDRESS"]
     try:
         if address is None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
@@ -440,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-storage", action="store_true",
                    help="--storage (and a SQLite --tracking-uri) is mounted at the same path on every node "
                         "(checked); needed for local paths on a multi-node cluster")
-    p.add_argument("--address", help="Ray address: default starts a local Ray; 'auto' joins the running "
-                                     "cluster; ray://host:10001 connects a Ray client")
+    p.add_argument("--address", help="Ray address: default is $RAY_ADDRESS when set (as in a Ray Jobs "
+                                     "entrypoint), else a new local Ray; 'auto' joins the running cluster; "
+                                     "ray://host:10001 connects a Ray client")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local Ray")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials running at once (default: as resources allow)")
