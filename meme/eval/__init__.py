@@ -23,7 +23,6 @@ Metrics (flat ``str -> float``; ``<s>``, ``<t>`` are the model's modality names,
 
 =================================  =====================================================================
 ``n_test_pairs``                   test pairs evaluated
-``classifier_acc_<m>``             the digit classifier of m on the real test images (coherence's ceiling)
 ``coherence_<s>_to_<t>``           cross-coherence s -> t (and ``coherence_<t>_to_<s>``), in [0, 1]
 ``coherence_joint``                prior samples decoded into both modalities: fraction the classifiers agree
 ``latent_acc_<m>``                 linear probe (logistic regression) fitted on train latent means of m,

@@ -51,11 +51,13 @@ class DigitClassifier(nn.Module):
         flat = prev * (h // 4) * (w // 4)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, n_classes))
+        self.features.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN)
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.in_shape:
             raise MemeError(f"the classifier takes images of shape {self.in_shape}, got {tuple(x.shape[1:])}")
-        return self.head(self.features((x - 0.5) / 0.5))
+        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(x))
 
 
 @dataclass(frozen=True)
