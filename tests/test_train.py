@@ -141,7 +141,10 @@ def test_non_finite_loss_stops_the_run_with_a_reason(synth_dir):
 
 
 def test_eval_every_adds_evaluation_metrics_and_final_figures(synth_dir, tmp_path):
-    cfg = small(synth_dir, epochs=2, eval_every=1, max_test_pairs=40)
+    import shutil
+
+    data = shutil.copytree(synth_dir, tmp_path / "data", ignore=shutil.ignore_patterns("classifiers"))
+    cfg = small(data, epochs=2, eval_every=1, max_test_pairs=40)
     history = list(train(cfg, tmp_path, progress=False))
     for m in history:
         assert 0.0 <= m["eval_latent_acc_mnist"] <= 1.0 and "eval_w2_gap" in m
