@@ -92,10 +92,10 @@ def main(argv=None) -> int:
         paired = [gather(data, p, (True, True), tr.device) for p in pairs]
         unpaired = [gather(data, p, obs, tr.device) for p in pairs for obs in ((True, False), (False, True))]
         t_pair = time_steps(tr.step_fn, paired, args.steps)
-        t_unp = time_steps(tr.step_fn, unpaired, args.steps)
+        t_unp = time_steps(tr.step_fn, unpaired, args.steps) if tr.model.learns_from_unpaired else float("nan")
         rows.append((name, tr.precision, B / t_pair, B / t_unp))
-        print(f"{name:8s} trainer ({tr.precision}): paired {B / t_pair:8.1f} pairs/s   unpaired {B / t_unp:8.1f} examples/s",
-              flush=True)
+        unp = f"{B / t_unp:8.1f} examples/s" if tr.model.learns_from_unpaired else "     n/a (paired data only)"
+        print(f"{name:8s} trainer ({tr.precision}): paired {B / t_pair:8.1f} pairs/s   unpaired {unp}", flush=True)
         if name == "meme":
             ref_tr = Trainer(cfg.replace(precision="fp32", compile=False), train_data=data, test_data=data)
 
