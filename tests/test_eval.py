@@ -160,7 +160,7 @@ def test_class_matrix_of_label_latents_has_a_zero_diagonal(template_setup):
     y = test.labels
     mu = SCALE * nn.functional.one_hot(y, LATENT).float()
     enc = Encoded((mu, mu.clone()), (torch.full_like(mu, 0.1), torch.full_like(mu, 0.1)), y, torch.arange(len(y)))
-    rel = relatedness(enc, batch_size=64)
+    rel = relatedness(enc, batch_size=64, by="label")
     m = rel.class_matrix
     assert m.shape == (10, 10)
     assert np.all(np.diag(m) == 0.0)
@@ -178,15 +178,21 @@ def test_class_matrix_of_label_latents_has_a_zero_diagonal(template_setup):
     assert metrics["w2_class_diag_mean"] == 0.0 and metrics["w2_auroc"] == 1.0
 
 
-def test_relatedness_without_labels_uses_the_pairs_themselves():
+def test_relatedness_by_pair_relates_the_same_row_of_the_first_modality():
     mu = torch.arange(6.0).view(6, 1).repeat(1, 2)
     sig = torch.ones(6, 2)
     enc = Encoded((mu, mu.clone()), (sig, sig.clone()), torch.full((6,), -1), torch.arange(6))
-    rel = relatedness(enc, batch_size=3)
+    rel = relatedness(enc, batch_size=3, by="pair")
     assert rel.class_matrix is None
     assert rel.related.tolist() == [0.0] * 6
     # within a batch of 3, |i - j| * sqrt(2) for i != j: 4 x 1 and 2 x 2 per batch
     assert np.allclose(np.sort(rel.unrelated), np.sort([math.sqrt(2)] * 8 + [2 * math.sqrt(2)] * 4))
+    # two captions of one image (rows 0, 0, 1): (0, 1) and (1, 0) are related too
+    enc = Encoded((mu[:3], mu[:3].clone()), (sig[:3], sig[:3].clone()), torch.full((3,), -1), torch.tensor([0, 0, 1]))
+    rel = relatedness(enc, batch_size=3, by="pair")
+    assert rel.related.size == 5 and rel.unrelated.size == 4
+    with pytest.raises(MemeError, match="needs every test pair labelled"):
+        relatedness(enc, batch_size=3, by="label")
 
 
 def test_evaluate_is_seeded_leaves_the_rng_alone_and_writes_figures(template_setup, tmp_path):
@@ -241,6 +247,8 @@ def test_bad_inputs_are_clear_errors(template_setup):
         EvalConfig.from_dict({"K": 3})
     with pytest.raises(MemeError, match="likelihood_k"):
         EvalConfig(likelihood_k=-1)
+    with pytest.raises(MemeError, match="unknown related_by 'image'; valid: auto, label, pair"):
+        EvalConfig(related_by="image")
 
 
 # ------------------------------------------------------- importance-sampled likelihood (Table 2)

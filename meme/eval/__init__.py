@@ -28,11 +28,12 @@ Metrics (flat ``str -> float``; ``<s>``, ``<t>`` are the model's modality names,
 ``latent_acc_<m>``                 linear probe (logistic regression) fitted on train latent means of m,
                                    accuracy on the test latent means of m
 ``w2_paired_mean``                 mean W2 between q(z|s_i) and q(z|t_j) over related (i, j) in a batch
-                                   (same label where labelled, else i == j)
+                                   (``cfg.related_by``: same label for digits; same row of s, e.g. the
+                                   same CUB image, for unlabelled or many-class data)
 ``w2_unpaired_mean``               the same over unrelated (i, j)
 ``w2_gap``                         ``w2_unpaired_mean - w2_paired_mean`` (higher = more related; to maximise)
 ``w2_auroc``                       AUROC of W2 separating unrelated from related (i, j); 0.5 = none, 1 = perfect
-``w2_class_diag_mean``             mean of the class matrix's diagonal (labelled data)
+``w2_class_diag_mean``             mean of the class matrix's diagonal (relatedness by label)
 ``w2_class_offdiag_mean``          mean of its off-diagonal
 ``loglik_<s>_given_<t>``           importance-sampled log p(s | t), K = ``cfg.likelihood_k`` (and ``<t>_given_<s>``)
 ``elbo_test``                      the model's own objective on the test pairs (= -loss)

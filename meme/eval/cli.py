@@ -24,6 +24,7 @@ HELP = {
     "likelihood_k": "importance samples per log p(x_a|x_b) (0 = skip likelihoods)",
     "likelihood_pairs": "test pairs for the likelihoods (0 = all)",
     "elbo": "the model's objective on the test set",
+    "related_by": "relatedness: label | pair (same row of the first modality) | auto",
     "n_tsne": "latents in the t-SNE figure",
     "n_grid": "columns of the cross-generation grids",
     "grid_samples": "sample rows of the cross-generation grids",

@@ -8,6 +8,12 @@ from typing import Any
 from meme.errors import MemeError
 
 
+#: how relatedness decides that (i, j) show the same concept; auto = label for labelled data with at most
+#: MAX_LABEL_CLASSES classes (digits), else pair (the paper's image-caption pairs for CUB)
+RELATED_BY = ("auto", "label", "pair")
+MAX_LABEL_CLASSES = 20
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 256         # test pairs per batch (also the batch inside which W2 is taken over all (i, j))
@@ -18,6 +24,7 @@ class EvalConfig:
     likelihood_k: int = 1000      # importance samples per log p(x_a | x_b) estimate (0 = skip likelihoods)
     likelihood_pairs: int = 1000  # test pairs the likelihoods are estimated on (0 = all)
     elbo: bool = True             # the model's own objective on the test pairs (elbo_test, test_*)
+    related_by: str = "auto"      # relatedness: "label", "pair" (same row of the first modality) or auto
     n_tsne: int = 2000            # latents in the t-SNE figure (half from each modality)
     n_grid: int = 10              # columns of the cross-generation grids (one digit each where labelled)
     grid_samples: int = 4         # output rows of the cross-generation grids
@@ -37,6 +44,8 @@ class EvalConfig:
         for name in ("n_latent_train", "max_test_pairs", "n_joint", "likelihood_k", "likelihood_pairs", "n_tsne"):
             if getattr(self, name) < 0:
                 raise MemeError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.related_by not in RELATED_BY:
+            raise MemeError(f"unknown related_by {self.related_by!r}; valid: {', '.join(RELATED_BY)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
 

@@ -18,7 +18,8 @@ class Encoded:
     mu: tuple[Tensor, Tensor]
     sigma: tuple[Tensor, Tensor]
     labels: Tensor
-    pairs: Tensor
+    #: the row of modality 0's table behind each pair (the shared object, e.g. the image of an image-caption pair)
+    rows: Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -36,7 +37,8 @@ def encode_pairs(model, data: PairedData, pairs: Tensor, batch_size: int, device
             sigmas[m].append(sigma.float().cpu())
     if not mus[0]:
         raise MemeError("cannot encode an empty set of pairs")
-    return Encoded(tuple(torch.cat(v) for v in mus), tuple(torch.cat(v) for v in sigmas), data.labels[pairs].cpu(), pairs)
+    return Encoded(tuple(torch.cat(v) for v in mus), tuple(torch.cat(v) for v in sigmas), data.labels[pairs].cpu(),
+                   data.index[0][pairs].cpu())
 
 
 def has_labels(labels: Tensor) -> bool:

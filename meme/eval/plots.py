@@ -109,13 +109,14 @@ def class_matrix_figure(path, matrix: np.ndarray, linkage: np.ndarray | None, na
     axes = axes[0]
     im = axes[0].imshow(matrix, cmap="viridis")
     fig.colorbar(im, ax=axes[0], label="mean W2")
-    axes[0].set_xticks(range(n))
-    axes[0].set_yticks(range(n))
+    if n <= 20:
+        axes[0].set_xticks(range(n))
+        axes[0].set_yticks(range(n))
     axes[0].set_xlabel(f"class of {names[1]}")
     axes[0].set_ylabel(f"class of {names[0]}")
     axes[0].set_title("class distance matrix")
     if linkage is not None:
-        dendrogram(linkage, labels=[str(i) for i in range(n)], ax=axes[1], color_threshold=None)
+        dendrogram(linkage, labels=[str(i) for i in range(n)], ax=axes[1], color_threshold=None, no_labels=n > 20)
         axes[1].set_title("dendrogram (average linkage)")
         axes[1].set_ylabel("W2")
     else:

@@ -9,9 +9,9 @@ with commuting covariances. So W2 is the Euclidean distance between the vectors 
 (i, j) of a batch are one ``cdist``.
 
 Within each test batch (of a seeded shuffle of the test set) every (i, j) gives
-``W2(q(z | x_a^i), q(z | x_b^j))``. The pair is *related* when i and j show the same concept: the same
-label where the data is labelled (the paper's MNIST-SVHN digits), else i == j (the same image-caption
-pair). Summaries: the mean over related and unrelated (i, j), their gap, and the AUROC of W2 as a score
+``W2(q(z | x_a^i), q(z | x_b^j))``. The pair is *related* when i and j show the same concept: by
+``"label"``, the same label (the paper's MNIST-SVHN digits); by ``"pair"``, the same row of modality a
+(the paper's CUB: the same image, whichever of its captions). Summaries: the mean over related and unrelated (i, j), their gap, and the AUROC of W2 as a score
 separating unrelated from related (1 = every unrelated pair is further apart than every related one,
 0.5 = no separation). The class matrix holds the mean W2 between class i of modality a and class j of
 modality b, over the same within-batch (i, j).
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from meme.errors import MemeError, check_choice
 from meme.eval.latents import Encoded, has_labels
 
 
@@ -66,9 +67,15 @@ def auroc(related: np.ndarray, unrelated: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def relatedness(enc: Encoded, batch_size: int, n_classes: int | None = None) -> Relatedness:
-    """W2 over all (i, j) inside consecutive batches of ``enc`` (modality 0 at i, modality 1 at j)."""
-    labelled = has_labels(enc.labels)
+def relatedness(enc: Encoded, batch_size: int, by: str = "label", n_classes: int | None = None) -> Relatedness:
+    """W2 over all (i, j) inside consecutive batches of ``enc`` (modality 0 at i, modality 1 at j).
+
+    ``by="label"`` also fills the class matrix.
+    """
+    check_choice("related_by", by, ["label", "pair"])
+    labelled = by == "label"
+    if labelled and not has_labels(enc.labels):
+        raise MemeError("relatedness by label needs every test pair labelled; use related_by='pair'")
     if labelled and n_classes is None:
         n_classes = int(enc.labels.max()) + 1
     related, unrelated = [], []
@@ -77,8 +84,8 @@ def relatedness(enc: Encoded, batch_size: int, n_classes: int | None = None) -> 
     for start in range(0, len(enc), batch_size):
         sl = slice(start, start + batch_size)
         d = pairwise_w2(enc.mu[0][sl], enc.sigma[0][sl], enc.mu[1][sl], enc.sigma[1][sl])
-        y = enc.labels[sl]
-        same = (y[:, None] == y[None, :]) if labelled else torch.eye(d.shape[0], dtype=torch.bool)
+        y = enc.labels[sl] if labelled else enc.rows[sl]
+        same = y[:, None] == y[None, :]
         related.append(d[same].float().numpy())
         unrelated.append(d[~same].float().numpy())
         if labelled:

@@ -18,7 +18,7 @@ from meme.data.paired import PairedData
 from meme.errors import MemeError
 from meme.eval import plots
 from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample
-from meme.eval.config import EvalConfig
+from meme.eval.config import MAX_LABEL_CLASSES, EvalConfig
 from meme.eval.latents import Encoded, encode_pairs, has_labels, latent_accuracy
 from meme.eval.likelihood import conditional_log_likelihoods, test_objective
 from meme.eval.relatedness import Relatedness, class_linkage, relatedness
@@ -128,7 +128,10 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
                     enc_train.mu[m].numpy(), enc_train.labels.numpy(), enc.mu[m].numpy(), enc.labels.numpy(), cfg.seed)
 
     with stage("relatedness"):
-        rel = relatedness(enc, cfg.batch_size)
+        by = cfg.related_by
+        if by == "auto":
+            by = "label" if has_labels(enc.labels) and int(enc.labels.max()) < MAX_LABEL_CLASSES else "pair"
+        rel = relatedness(enc, cfg.batch_size, by)
         metrics.update(rel.summary())
 
     with stage("likelihood"):
@@ -196,7 +199,7 @@ def _figures(model, test_data, test_pairs, enc: Encoded, rel: Relatedness, cfg: 
         files.append(plots.tsne_figure(out / "tsne.png", points, labels, modality, names, cfg.seed))
     if rel.related.size and rel.unrelated.size:
         files.append(plots.w2_histogram(out / "w2_histogram.png", rel.related, rel.unrelated, names,
-                                        has_labels(enc.labels)))
+                                        rel.class_matrix is not None))
     if rel.class_matrix is not None and rel.class_matrix.shape[0] > 1:
         m = rel.class_matrix
         link = class_linkage(m) if np.isfinite(m).all() else None
