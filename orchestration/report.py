@@ -230,6 +230,8 @@ def make_report(study: Study, records: list[RunRecord], out_dir: Path) -> list[P
 
 def report(study_name: str, tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
            out: str | None = None, log_to_mlflow: bool = True) -> tuple[list[Path], list[str]]:
+    if study_name.endswith((".yaml", ".yml")):   # a study given as a file is tracked under its stem
+        study_name = Path(study_name).stem
     client = client_for(tracking_uri)
     parent = find_parent(client, study_name, experiment, run_id)
     if parent.data.tags.get(TAG_ROLE) != "study" or PARENT_TAG in parent.data.tags:
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=(
         "Regenerate a study's figures and tables (mean ± std over seeds) from its runs in MLflow; they are "
         "written to --out and logged to the study's parent run under report/."))
-    p.add_argument("--study", required=True, help=f"the study ({', '.join(study_names())})")
+    p.add_argument("--study", required=True, help=f"the study ({', '.join(study_names())}, or a study file)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
     p.add_argument("--run-id", help="the study's parent run (default: its latest)")

@@ -538,7 +538,9 @@ def run(args) -> int:
     check_gpus(gpu, lambda msg: (_ for _ in ()).throw(MemeError(f"--gpus-per-trial: {msg}")))
 
     if args.dry_run:
-        base_cfg = study.base_config(epochs=epochs)
+        shown = "(generated under <data dir>/synthetic/)" if study.synthetic_data else (
+            str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else study.base.get("data_dir", ""))
+        base_cfg = study.base_config(epochs=epochs, data_dir=shown)
         print(dry_run(study, base_cfg, cpu, gpu))
         return 0
 
@@ -552,11 +554,7 @@ def run(args) -> int:
 
 def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str,
                state: dict | None, cpu: float, gpu: float) -> int:
-    from ray import tune
-
     from orchestration import tracking
-    from orchestration.callbacks import ProgressCallback, TrackingCallback
-    from orchestration.trainable import TrialSettings, tune_trainable
 
     tracking.check_reachable(tracking_uri)
     classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)
@@ -579,37 +577,53 @@ def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, 
             write_state(storage, run_name, state)
         else:
             info = tracking.reopen_parent(tracking_uri, state["parent_run_id"], study.name)
-        numbered = bool(study.search)
-        settings = TrialSettings(study=study.name, eval=study.eval, varying=study.varying_keys(), numbered=numbered,
-                                 tracking=info, classifiers=classifiers, threads=max(1, int(cpu)))
-        trainable = tune.with_resources(tune.with_parameters(tune_trainable, settings=settings),
-                                        {"cpu": cpu, "gpu": gpu})
-        if args.resume is not None:
-            if not tune.Tuner.can_restore(ray_path):
-                raise MemeError(f"{ray_path} holds no restorable Ray Tune state (was the study interrupted before "
-                                f"its first trial started?); start it again without --resume")
-            tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True,
-                                       resume_errored=args.retry_errored, restart_errored=args.restart_errored)
-            print(f"{PROG}: resuming {ray_path}", flush=True)
-        else:
-            callbacks = [ProgressCallback(study.name, study.num_trials(), base_cfg["epochs"], study.metric,
-                                          study.varying_keys(), numbered, enabled=not args.quiet),
-                         TrackingCallback(info, base_cfg["epochs"], study.varying_keys(), numbered)]
-            tuner = make_tuner(study, trainable, base_cfg, args, run_name, storage, callbacks)
-        print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {base_cfg['epochs']} epochs, "
-              f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {tracking_uri} (experiment "
-              f"{state['experiment']!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
-        t0 = time.perf_counter()
-        with stop_signals(threading.Event()) as interrupted:
-            results = tuner.fit()
-        wall = time.perf_counter() - t0
-        trials = results._experiment_analysis.trials  # the Trial objects, with their statuses
-        return _finish(study, info, trials, base_cfg["epochs"], wall, run_name, interrupted.is_set())
+        try:
+            return _fit(args, study, base_cfg, storage, run_name, tracking_uri, state, info, classifiers, cpu, gpu,
+                        ray_path)
+        except BaseException as e:   # the parent run must not stay RUNNING when the study ends abnormally
+            with contextlib.suppress(Exception):
+                tracking.end_parent(info, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _fit(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str, state: dict, info,
+         classifiers: dict, cpu: float, gpu: float, ray_path: str) -> int:
+    from ray import tune
+
+    from orchestration.callbacks import ProgressCallback, TrackingCallback
+    from orchestration.trainable import TrialSettings, tune_trainable
+
+    numbered = bool(study.search)
+    settings = TrialSettings(study=study.name, eval=study.eval, varying=study.varying_keys(), numbered=numbered,
+                             tracking=info, classifiers=classifiers, threads=max(1, int(cpu)))
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, settings=settings),
+                                    {"cpu": cpu, "gpu": gpu})
+    if args.resume is not None:
+        if not tune.Tuner.can_restore(ray_path):
+            raise MemeError(f"{ray_path} holds no restorable Ray Tune state (was the study interrupted before "
+                            f"its first trial started?); start it again without --resume")
+        tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True,
+                                   resume_errored=args.retry_errored, restart_errored=args.restart_errored)
+        print(f"{PROG}: resuming {ray_path}", flush=True)
+    else:
+        callbacks = [ProgressCallback(study.name, study.num_trials(), base_cfg["epochs"], study.metric,
+                                      study.varying_keys(), numbered, enabled=not args.quiet),
+                     TrackingCallback(info, base_cfg["epochs"], study.varying_keys(), numbered)]
+        tuner = make_tuner(study, trainable, base_cfg, args, run_name, storage, callbacks)
+    print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {base_cfg['epochs']} epochs, "
+          f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {tracking_uri} (experiment "
+          f"{state['experiment']!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
+    t0 = time.perf_counter()
+    with stop_signals(threading.Event()) as interrupted:
+        results = tuner.fit()
+    wall = time.perf_counter() - t0
+    trials = results._experiment_analysis.trials  # the Trial objects, with their statuses
+    return _finish(study, info, trials, base_cfg["epochs"], wall, run_name, interrupted.is_set())
 
 
 def _finish(study: Study, info, trials, epochs: int, wall: float, run_name: str, interrupted: bool) -> int:

@@ -124,7 +124,9 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
             raise MemeError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                             f"or pass another --experiment")
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    # the experiment kind makes the MLflow UI open on the runs table (model training), not on traces
+    return client.create_experiment(name, artifact_location=_artifact_root(uri),
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def start_parent(uri: str, experiment: str, study, run_name: str, ray_path: str, params: dict) -> TrackingInfo:

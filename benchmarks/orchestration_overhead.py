@@ -1,0 +1,162 @@
+"""Orchestration overhead: the same N trials through ``sweep.py`` (Ray Tune + MLflow) and back to back in one
+plain Python process (``Trainer`` + the evaluation, no Ray, no MLflow).
+
+    python benchmarks/orchestration_overhead.py [--trials 3] [--epochs 2] [--pairs 1024] [--cpus 2] [--repeats 1]
+
+Both run the same trials (MEME, the MNIST-SVHN networks, a grid over the seed) on generated MNIST-format +
+SVHN-format data, one at a time with the same number of torch threads, each evaluated at its end with the
+same settings; the digit classifiers are prepared beforehand (not timed). Printed:
+
+* the plain process's wall time, per trial and in all;
+* sweep.py's wall time as the user sees it (the whole command: interpreter start, local Ray, MLflow
+  database, trials, summary), and the per-trial time Tune measured;
+* the overhead split into a fixed part (start-up and shutdown, per study) and a per-trial part, their ratio
+  to the study's wall time, and the same extrapolated to trials of 60 s (``--target-trial-s``), the
+  figure the target "Ray + MLflow overhead under 10 % of the study's wall time" refers to.
+
+With ``--repeats R`` the two are run R times, alternately, and the fastest of each is compared (the
+machine's load average is printed: on a shared machine, other work inflates either side).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """\
+description: Overhead benchmark ({trials} seeds of a short MEME trial).
+synthetic_data: {{n_train: {pairs}, n_test: 256, seed: 0}}
+base: {{model: meme, dataset: mnist_svhn, max_train_pairs: {pairs}, supervision: 0.5, observed: split,
+       batch_size: 128}}
+grid:
+  seed: [{seeds}]
+metric: coherence_cross_mean
+mode: max
+epochs: {epochs}
+resources: {{cpu: {cpus}, gpu: 0}}
+eval: {{max_test_pairs: 256, n_latent_train: 1024, n_joint: 256, likelihood_k: 0, n_tsne: 0}}
+"""
+
+
+def plain(study, data_dir: str, cpus: int) -> list[float]:
+    """The trials back to back in this process: Trainer, run_epoch, the evaluation at the end. Seconds per trial."""
+    from meme.config import TrainConfig
+    from meme.eval import load_classifiers
+    from meme.eval.classifiers import classifier_dir
+    from meme.train import Trainer
+    from orchestration.trainable import evaluate_model
+
+    torch.set_num_threads(cpus)
+    times = []
+    for point in study.points():
+        t0 = time.perf_counter()
+        cfg = TrainConfig.from_dict(study.base_config(**point, data_dir=data_dir, download=False))
+        trainer = Trainer(cfg)
+        classifiers = load_classifiers(trainer.model.names, classifier_dir(data_dir), device=trainer.device)
+        while trainer.epoch < cfg.epochs:
+            trainer.run_epoch()
+        with tempfile.TemporaryDirectory() as d:
+            metrics = evaluate_model(trainer, classifiers, study.eval, out_dir=d, figures=True)
+        times.append(time.perf_counter() - t0)
+        print(f"  plain  seed {point['seed']}: {times[-1]:6.1f} s  coherence_cross_mean "
+              f"{metrics.get('coherence_cross_mean', float('nan')):.4f}", flush=True)
+    return times
+
+
+def via_sweep(study_path: Path, work: Path, data_root: Path, cpus: int) -> tuple[float, list[float]]:
+    """The whole ``sweep.py`` command (its own local Ray); wall seconds and Tune's seconds per trial."""
+    for old in (work / "ray").glob("overhead-*"):
+        shutil.rmtree(old)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cmd = [sys.executable, str(REPO / "orchestration" / "sweep.py"), "--study", str(study_path), "--data-dir",
+           str(data_root), "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage", str(work / "ray"),
+           "--max-concurrent", "1", "--num-cpus", str(cpus), "--cpus-per-trial", str(cpus), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"sweep.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    times = []   # Tune's own measure of each trial: time_total_s of its last result
+    for result in sorted((work / "ray").glob("overhead-*/*/result.json")):
+        lines = result.read_text().splitlines()
+        if lines:
+            times.append(float(json.loads(lines[-1])["time_total_s"]))
+    return wall, times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--pairs", type=int, default=1024, help="training pairs per trial (sets a trial's length)")
+    p.add_argument("--cpus", type=int, default=min(2, os.cpu_count() or 1), help="torch threads / CPUs per trial")
+    p.add_argument("--target-trial-s", type=float, default=60.0)
+    p.add_argument("--repeats", type=int, default=1, help="run both R times, alternately; compare the fastest")
+    p.add_argument("--work-dir", help="where data, MLflow and Ray results go (default: a temporary folder)")
+    args = p.parse_args(argv)
+
+    from meme.eval import ensure_classifiers
+    from orchestration.study import parse_study
+    from orchestration.sweep import prepare_data_dir
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="meme-overhead-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    text = STUDY.format(trials=args.trials, pairs=args.pairs, seeds=", ".join(map(str, range(args.trials))),
+                        epochs=args.epochs, cpus=args.cpus)
+    study_path = work / "overhead.yaml"
+    study_path.write_text(text)
+    study = parse_study(text, "overhead", str(study_path))
+    data_root = work / "data"
+    data_dir = prepare_data_dir(study, str(data_root))
+    ensure_classifiers(["mnist", "svhn"], data_dir=data_dir, download=False, progress=False)   # not timed
+    print(f"{args.trials} trials x {args.epochs} epochs x {args.pairs} pairs, {args.cpus} CPU(s); work dir {work}")
+
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    plain_walls, sweeps = [], []
+    for r in range(args.repeats):
+        print(f"plain Python process (run {r + 1}):", flush=True)
+        t0 = time.perf_counter()
+        plain(study, data_dir, args.cpus)
+        plain_walls.append(time.perf_counter() - t0)
+        print(f"  {plain_walls[-1]:.1f} s\nsweep.py, Ray Tune + MLflow (run {r + 1}):", flush=True)
+        sweeps.append(via_sweep(study_path, work, data_root, args.cpus))
+        print(f"  {sweeps[-1][0]:.1f} s (Tune's trial times: {', '.join(f'{t:.1f}' for t in sweeps[-1][1])} s)",
+              flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    plain_wall = min(plain_walls)
+    sweep_wall, trial_times = min(sweeps)
+    if len(trial_times) != args.trials:
+        trial_times = []
+
+    n = args.trials
+    overhead = sweep_wall - plain_wall
+    print(f"\nplain:    {plain_wall:7.1f} s  ({plain_wall / n:.1f} s per trial)")
+    print(f"sweep.py: {sweep_wall:7.1f} s  (the whole command)")
+    print(f"ratio sweep.py / plain: {sweep_wall / plain_wall:.3f}; overhead {overhead:.1f} s = "
+          f"{100 * overhead / sweep_wall:.1f} % of the study's wall time")
+    if trial_times:
+        per_trial = (sum(trial_times) - plain_wall) / n
+        fixed = sweep_wall - sum(trial_times)
+        print(f"  Tune's trial time {sum(trial_times):.1f} s: per-trial overhead {per_trial:+.1f} s "
+              f"({100 * per_trial / (plain_wall / n):+.1f} %), fixed (start-up, shutdown) {fixed:.1f} s")
+        for k in (n, 10 * n):
+            study_s = k * args.target_trial_s
+            over = fixed + k * max(per_trial, 0.0)
+            print(f"  extrapolated to {k} trials of {args.target_trial_s:.0f} s: overhead {over:.1f} s = "
+                  f"{100 * over / (study_s + over):.1f} % of the study's wall time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
