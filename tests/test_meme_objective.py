@@ -44,10 +44,13 @@ def batches(xs, xt, y):
             "t": Batch((None, xt), (False, True), y)}
 
 
+@pytest.mark.parametrize("chunk", [0, 7])
 @pytest.mark.parametrize("kind", ["paired", "s", "t"])
 @pytest.mark.parametrize("direction", ["both", "t_supervises_s", "s_supervises_t"])
-def test_fast_loss_and_gradients_equal_reference(batch_data, kind, direction):
+def test_fast_loss_and_gradients_equal_reference(batch_data, kind, direction, chunk):
+    """chunk = 7: the fast path decodes its (K+2)*B SVHN latents 7 at a time (the CPU chunking)."""
     model = make_model(direction)
+    model.mods[1].cpu_decode_chunk = chunk
     b = batches(*batch_data)[kind]
     torch.manual_seed(42)
     fast, _ = model.loss(b)
@@ -62,6 +65,18 @@ def test_fast_loss_and_gradients_equal_reference(batch_data, kind, direction):
             assert (gf is None or not gf.any()) and (gr is None or not gr.any())
         else:
             assert torch.allclose(gf, gr, rtol=1e-3, atol=1e-4 * gr.abs().max().item() + 1e-7)
+
+
+def test_chunked_decode_equals_one_call():
+    torch.manual_seed(0)
+    mod = SVHNModality(L)
+    z = torch.randn(3, 10, L)
+    whole = mod.decode(z)
+    mod.cpu_decode_chunk = 4  # 30 latents in chunks of 4, 4, ..., 2
+    parts = mod.decode(z)
+    assert parts.shape == whole.shape == (3, 10, 3, 32, 32)
+    assert torch.allclose(parts, whole, atol=1e-6)
+    assert SVHNModality.cpu_decode_chunk > 0 and MNISTModality.cpu_decode_chunk == 0
 
 
 def test_logsumexp_estimate_includes_posterior_sample_and_bounds_weight(batch_data):

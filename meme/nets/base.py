@@ -20,6 +20,10 @@ from meme.dists import laplace_log_prob
 class Modality(nn.Module):
     name: str = ""
     event_shape: tuple[int, ...] = ()
+    # On the CPU, decode at most this many latents per network call (0: all at once). Convolutional
+    # decoders run faster on a few hundred latents at a time than on MEME's (K+2)*B at once, whose
+    # activations no longer fit in cache. On GPUs one big call is best, so this applies to the CPU only.
+    cpu_decode_chunk: int = 0
 
     def __init__(self, latent_dim: int, sigma_floor: float = 1e-3):
         super().__init__()
@@ -51,7 +55,12 @@ class Modality(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
-        out = self._decode(z.reshape(-1, z.shape[-1]))
+        flat = z.reshape(-1, z.shape[-1])
+        chunk = self.cpu_decode_chunk
+        if chunk and flat.device.type == "cpu" and flat.shape[0] > chunk:
+            out = torch.cat([self._decode(c) for c in flat.split(chunk)])
+        else:
+            out = self._decode(flat)
         return out.reshape(*lead, *out.shape[1:])
 
 
