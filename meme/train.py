@@ -169,20 +169,22 @@ class Trainer:
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self, eval_cfg=None, classifiers=None, out_dir=None, figures: bool = False) -> tuple[dict, list]:
-        """The evaluation suite (``meme.eval.evaluate``) on this model and the test set.
+        """The evaluation suite (``meme.eval.evaluate``, plus the dataset's extras such as CUB's CCA:
+        ``meme.eval.datasets``) on this model and the test set.
 
         Classifiers default to those stored under ``<data_dir>/classifiers`` (missing ones are skipped, and
         so are their coherence metrics); ``eval_cfg`` defaults to ``EvalConfig(likelihood_k=0, seed=cfg.seed)``.
         """
-        from meme.eval import EvalConfig, evaluate, load_classifiers
+        from meme.eval import EvalConfig, load_classifiers
         from meme.eval.classifiers import classifier_dir
+        from meme.eval.datasets import evaluate_run
 
         if classifiers is None:
             classifiers = load_classifiers(self.model.names, classifier_dir(self.cfg.data_dir or None),
                                            device=self.device, missing="skip")
         eval_cfg = eval_cfg or EvalConfig(likelihood_k=0, seed=self.cfg.seed)
-        return evaluate(self.model, self.train_data, self.test_data, classifiers, eval_cfg, out_dir=out_dir,
-                        figures=figures)
+        return evaluate_run(self.cfg, self.model, self.train_data, self.test_data, classifiers, eval_cfg,
+                            out_dir=out_dir, figures=figures)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -125,35 +125,9 @@ def load_classifiers(states: dict | None, names, device) -> dict:
     return out
 
 
-_CCA_CACHE: dict = {}
-
-
-def cub_cca(trainer: Trainer, eval_cfg) -> dict:
-    """CUB's correlation under CCA (paper appendix G): ``cca_image_to_caption``, ``cca_caption_to_image``,
-    ``cca_ground_truth``. The CCA depends on the data only, so it is fitted once per process and store."""
-    from meme.data.cub import default_features_dir
-    from meme.eval.cca import cub_cca_metrics, fit_cub_cca
-    from meme.features.store import read_sentence_embedder
-
-    store = default_features_dir(trainer.cfg)
-    key = (str(store), len(trainer.train_data))
-    if key not in _CCA_CACHE:
-        embedder = read_sentence_embedder(store)
-        _CCA_CACHE.clear()
-        _CCA_CACHE[key] = embedder, fit_cub_cca(trainer.train_data, embedder)
-    embedder, cca = _CCA_CACHE[key]
-    return cub_cca_metrics(trainer.model, trainer.train_data, trainer.test_data, embedder, cca=cca,
-                           batch_size=eval_cfg.batch_size, device=trainer.device, use_mean=eval_cfg.use_mean,
-                           max_test_pairs=eval_cfg.max_test_pairs, seed=eval_cfg.seed)
-
-
-#: evaluations a dataset adds to the evaluation suite's
-DATASET_EVALS = {"cub": cub_cca}
-
-
 def evaluate_model(trainer: Trainer, classifiers: dict, eval_kwargs: dict, out_dir=None, figures: bool = False) -> dict:
     """The evaluation suite on the trainer's model: coherence, latent accuracy, W2 (and more), as flat floats;
-    for CUB also the correlation under CCA (``DATASET_EVALS``).
+    for CUB also the correlation under CCA (``meme.eval.datasets``).
 
     ``coherence_cross_mean`` is added: the mean of the two cross-coherences, one number to rank trials by.
     """
@@ -162,8 +136,6 @@ def evaluate_model(trainer: Trainer, classifiers: dict, eval_kwargs: dict, out_d
     t0 = time.perf_counter()
     eval_cfg = EvalConfig.from_dict(eval_kwargs)
     metrics, _ = trainer.evaluate(eval_cfg, classifiers, out_dir=out_dir, figures=figures)
-    if trainer.cfg.dataset in DATASET_EVALS:
-        metrics.update(DATASET_EVALS[trainer.cfg.dataset](trainer, eval_cfg))
     a, b = trainer.model.names
     cross = [metrics[k] for k in (f"coherence_{a}_to_{b}", f"coherence_{b}_to_{a}") if k in metrics]
     if len(cross) == 2:

@@ -182,6 +182,24 @@ def test_cli_train_on_cub(store, tmp_path, capsys):
                "cub_caption", "--device", "cpu", "--out", str(out), "--quiet"])
     assert rc == 0
     assert json.loads((out / "config.json").read_text())["features_dir"] == str(store)
+    # meme eval adds CUB's correlation under CCA and the caption examples to the suite's output
+    ev = tmp_path / "eval"
+    rc = main(["eval", "--checkpoint", str(out), "--out", str(ev), "--quiet", "--likelihood-k", "0", "--n-joint", "0",
+               "--n-tsne", "0", "--n-grid", "3", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((ev / "metrics.json").read_text())
+    from meme.eval.cca import cub_cca_metrics, fit_cub_cca
+    from meme.eval.cli import load_run
+    from meme.features.store import read_sentence_embedder
+
+    model, _, train, test = load_run(out)
+    embedder = read_sentence_embedder(store)
+    direct = cub_cca_metrics(model, train, test, embedder, cca=fit_cub_cca(train, embedder))
+    for k, v in direct.items():
+        assert metrics[k] == pytest.approx(v, rel=1e-9), k
+    assert "coherence_cub_image_to_cub_caption" not in metrics and "w2_gap" in metrics
+    table = (ev / "caption_examples.md").read_text()
+    assert table.count("\n| ") >= 2 * 3 and (ev / "caption_examples.png").stat().st_size > 0
     rc = main(["train", "--dataset", "cub", "--features-dir", str(tmp_path / "nothing"), "--epochs", "1",
                "--out", str(tmp_path / "r2"), "--quiet"])
     assert rc == 2 and "no CUB feature table at" in capsys.readouterr().err
@@ -203,3 +221,21 @@ def test_cli_features(tmp_path, capsys):
     assert "no CUB-200-2011 folder at" in capsys.readouterr().err
     assert main(["features", "captions", "--captions", str(cub / "text_testclasses.txt"), "--out", str(out)]) == 2
     assert "no training captions under the 'classes' split" in capsys.readouterr().err
+
+
+def test_trials_evaluate_cub_with_the_cca(store):
+    """The orchestrator's trial evaluation goes through Trainer.evaluate, which adds CUB's CCA scores."""
+    from meme.eval.cca import cub_cca_metrics, fit_cub_cca
+    from meme.features.store import read_sentence_embedder
+    from meme.train import Trainer
+    from orchestration.trainable import evaluate_model
+
+    tr = Trainer(_small(store, observed="split", max_train_pairs=0, batch_size=64))  # all pairs: the probe needs several classes
+    tr.run_epoch()
+    metrics = evaluate_model(tr, {}, dict(likelihood_k=0, n_joint=0, n_tsne=0, seed=3))
+    embedder = read_sentence_embedder(store)
+    direct = cub_cca_metrics(tr.model, tr.train_data, tr.test_data, embedder,
+                             cca=fit_cub_cca(tr.train_data, embedder), seed=3)
+    assert set(direct) <= set(metrics)
+    for k, v in direct.items():
+        assert metrics[k] == pytest.approx(v, rel=1e-9), k

@@ -247,6 +247,8 @@ def test_bad_inputs_are_clear_errors(template_setup):
         EvalConfig.from_dict({"K": 3})
     with pytest.raises(MemeError, match="likelihood_k"):
         EvalConfig(likelihood_k=-1)
+    with pytest.raises(MemeError, match="eval config key 'use_mean' must be of type bool, got 1"):
+        EvalConfig(use_mean=1)
     with pytest.raises(MemeError, match="unknown related_by 'image'; valid: auto, label, pair"):
         EvalConfig(related_by="image")
 

@@ -133,6 +133,11 @@ def fit_cub_cca(train_data, embedder, k: int = 40, max_pairs: int = 0, scaling: 
         pairs = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed))[:max_pairs]
     x = train_data.rows(0, pairs).double()
     y = torch.cat([_embed(embedder, train_data.rows(1, p)) for p in pairs.split(65_536)])
+    dims = min(x.shape[1], y.shape[1])
+    if k > dims:  # e.g. word vectors narrower than 40 (quick or test stores)
+        log.warning("CUB CCA: %d components asked for, but the caption embeddings have %d dimensions; using %d",
+                    k, y.shape[1], dims)
+        k = dims
     return fit_cca(x, y, k=k, scaling=scaling)
 
 

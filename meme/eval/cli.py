@@ -77,7 +77,7 @@ def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None =
 def cmd_eval(args) -> int:
     from meme.eval.classifiers import classifier_dir, load_classifiers
     from meme.eval.config import EvalConfig
-    from meme.eval.suite import evaluate
+    from meme.eval.datasets import evaluate_run
     from meme.train import resolve_device
 
     if not args.checkpoint:
@@ -91,8 +91,8 @@ def cmd_eval(args) -> int:
     classifiers = {} if args.no_coherence else load_classifiers(model.names, clf_dir, device)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
-    metrics, files = evaluate(model, train_data, test_data, classifiers, ecfg, out_dir=out,
-                              figures=not args.no_figures, progress=not args.quiet)
+    metrics, files = evaluate_run(cfg, model, train_data, test_data, classifiers, ecfg, out_dir=out,
+                                  figures=not args.no_figures, progress=not args.quiet)
     width = max(map(len, metrics))
     for k in sorted(metrics):
         print(f"{k:<{width}}  {metrics[k]:.4f}")

@@ -1,10 +1,9 @@
 """``EvalConfig``: the few knobs of an evaluation, as a frozen flat dataclass."""
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
+from meme.config import FlatConfig
 from meme.errors import MemeError
 
 
@@ -15,7 +14,9 @@ MAX_LABEL_CLASSES = 20
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(FlatConfig):
+    _what = "eval config"
+
     batch_size: int = 256         # test pairs per batch (also the batch inside which W2 is taken over all (i, j))
     use_mean: bool = False        # cross-generation decodes the posterior mean instead of a sample
     n_latent_train: int = 10_000  # training examples the linear latent probe is fitted on (0 = all)
@@ -32,11 +33,7 @@ class EvalConfig:
     device: str = "auto"          # auto = wherever the model already is; else cpu | cuda | cuda:N (the model moves)
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            typ = {"int": int, "bool": bool, "str": str}.get(f.type, f.type)
-            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-                raise MemeError(f"eval config key {f.name!r} must be a {f.type}, got {v!r}")
+        self._check_types()
         if self.batch_size < 2:
             raise MemeError(f"batch_size={self.batch_size} must be at least 2 (W2 compares pairs inside a batch)")
         if self.grid_samples < 1 or self.n_grid < 1:
@@ -48,20 +45,3 @@ class EvalConfig:
             raise MemeError(f"unknown related_by {self.related_by!r}; valid: {', '.join(RELATED_BY)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
-        unknown = sorted(set(d) - set(cls.keys()))
-        if unknown:
-            raise MemeError(f"unknown eval config key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(cls.keys())}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "EvalConfig":
-        return self.from_dict({**self.to_dict(), **changes})
