@@ -27,7 +27,7 @@ def _image_columns(n=7, dim=2048, seed=0):
                    "split": pa.array(["train", "test"] * (n // 2) + ["train"] * (n % 2), pa.string()),
                    "path": pa.array([f"c/{i}.jpg" for i in range(n)], pa.string()),
                    "sha256": pa.array([bytes([i]) * 32 for i in range(n)], pa.binary(32)),
-                   "features": st.fixed_list(feats, pa.float32())}
+                   "features": st.vector_column(feats, pa.float32())}
 
 
 def _write_images(path, n=7, **meta_extra):
@@ -49,7 +49,8 @@ def test_image_table_round_trip_is_bit_exact_with_metadata(tmp_path):
     assert {"torch", "torchvision", "gensim", "pyarrow", "numpy"} <= set(images.meta["libraries"])
     assert images.meta == meta
     schema = pq.read_schema(tmp_path / st.FILES["images"])
-    assert str(schema.field("features").type) == "fixed_size_list<element: float not null>[2048]"
+    assert str(schema.field("features").type) == "fixed_size_binary[8192]"
+    assert schema.field("features").metadata == {b"meme.vector": b"float32[2048]"}
     # the tensor is a view of Arrow's buffer, and writable without touching the file
     images.features[1, 0] = 123.0
     assert st.read_images(tmp_path).features[1, 0] == float(feats[1, 0])
@@ -89,20 +90,56 @@ def test_schema_and_version_mismatch(tmp_path):
     table = pa.table({**cols, "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1).astype(np.float64)), 2048)})
     pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
     with pytest.raises(MemeError, match=r"schema mismatch: column 'features' is fixed_size_list<element: double>\[2048\], "
-                                        r"expected fixed_size_list<element: float not null>"):
+                                        r"expected a vector column of float32 \(fixed_size_binary\)"):
         st.read_images(tmp_path)
-    pq.write_table(table.drop_columns(["label"]).replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
+    # float64 bytes tagged as such: the right width in bytes, the wrong values
+    f64 = pa.field("features", pa.binary(8192), nullable=False, metadata={b"meme.vector": b"float64[1024]"})
+    wrong = pa.Table.from_arrays([cols[f.name] for f in st.image_schema(2048)][:-1] +
+                                 [st.vector_column(feats.reshape(7, 1024, 2).mean(-1).astype(np.float64), pa.float64())],
+                                 schema=pa.schema(list(st.image_schema(2048))[:-1] + [f64]))
+    pq.write_table(wrong.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
+    with pytest.raises(MemeError, match=r"column 'features' holds float64\[1024\], expected float32\[2048\]"):
+        st.read_images(tmp_path)
+    good = pa.Table.from_arrays([cols[f.name] for f in st.image_schema(2048)], schema=st.image_schema(2048))
+    pq.write_table(good.drop_columns(["label"]).replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
     with pytest.raises(MemeError, match=r"schema mismatch: columns \['image_id', 'split', "):
         st.read_images(tmp_path)
     _write_images(path)
     old = {**st.read_meta(path), "version": 0}
     t = pq.read_table(path)
     pq.write_table(t.replace_schema_metadata({st.META_KEY: json.dumps(old).encode()}), path)
-    with pytest.raises(MemeError, match=f"store version 0, this meme reads version {st.SCHEMA_VERSION}"):
+    with pytest.raises(MemeError, match="store version 0, this meme reads versions 1, 2; extract the features again"):
         st.read_images(tmp_path)
     _write_images(path)
     with pytest.raises(MemeError, match="holds a 'images' table, expected 'captions'"):
         st.read_table(path, "captions")
+
+
+def test_version_1_stores_with_fixed_size_lists_still_read_bit_exact(tmp_path):
+    feats, cols = _image_columns()
+    v1 = {**cols, "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), 2048)}
+    schema = st.image_schema(2048, version=1)
+    meta = {**st.make_meta("images", "classes", {}, {}), "version": 1}
+    table = pa.Table.from_arrays([v1[f.name] for f in schema], schema=schema)
+    pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), tmp_path / st.FILES["images"])
+    images = st.read_images(tmp_path)
+    assert images.meta["version"] == 1
+    assert torch.equal(images.features.view(torch.int32), torch.from_numpy(feats).view(torch.int32))
+
+
+def test_page_checksums_are_verified_once_per_process_and_file(tmp_path, monkeypatch):
+    path = tmp_path / st.FILES["images"]
+    _write_images(path)
+    seen = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: seen.append(k["page_checksum_verification"]) or real(*a, **k))
+    st.read_images(tmp_path)
+    st.read_images(tmp_path)
+    st.read_table(path, "images", verify="always")
+    st.read_table(path, "images", verify="never")
+    _write_images(path, n=5)  # a new file at the same path is verified again
+    st.read_images(tmp_path)
+    assert seen == [True, False, True, False, True]
 
 
 @pytest.fixture(scope="module")

@@ -107,14 +107,14 @@ def build_caption_store(images: CUBImages, captions: Captions, store, split_sche
     st.write_table(store / st.FILES["words"], "words", {
         "token_id": pa.array(np.arange(len(vocab)), pa.int32()), "word": pa.array(list(vocab.words), pa.string()),
         "count": pa.array(vocab.counts, pa.int64()), "weight": pa.array(weights, pa.float32()),
-        "vector": st.fixed_list(vectors, pa.float32())},
+        "vector": st.vector_column(vectors, pa.float32())},
         st.make_meta("words", split_scheme, sdict, sources, vocab.sha256, pc=embedder.pc.tolist()))
     st.write_table(store / st.FILES["captions"], "captions", {
         "image_id": pa.array(images.image_ids[img_rows], pa.int64()),
         "caption_index": pa.array(np.tile(np.arange(per), len(captions.image_index)), pa.int8()),
         "label": pa.array(images.labels[img_rows], pa.int32()), "split": pa.array(cap_split.astype(str), pa.string()),
-        "text": pa.array(captions.texts, pa.string()), "tokens": st.fixed_list(ids.astype(np.int32), pa.int32()),
-        "embedding": st.fixed_list(emb, pa.float32())},
+        "text": pa.array(captions.texts, pa.string()), "tokens": st.vector_column(ids.astype(np.int32), pa.int32()),
+        "embedding": st.vector_column(emb, pa.float32())},
         st.make_meta("captions", split_scheme, sdict, sources, vocab.sha256))
     times["write_s"] = time.perf_counter() - t0
     stages.update()
@@ -146,4 +146,4 @@ def write_standin_images(store, dim: int = 2048, seed: int = 0, noise: float = 0
     return st.write_table(store / st.FILES["images"], "images", {
         "image_id": pa.array(ids.numpy(), pa.int64()), "label": pa.array(caps.label[first].numpy(), pa.int32()),
         "split": pa.array(split, pa.string()), "path": pa.array([""] * n, pa.string()),
-        "sha256": pa.array([bytes(32)] * n, pa.binary(32)), "features": st.fixed_list(feats.numpy(), pa.float32())}, meta)
+        "sha256": pa.array([bytes(32)] * n, pa.binary(32)), "features": st.vector_column(feats.numpy(), pa.float32())}, meta)

@@ -97,7 +97,7 @@ def nearest_words(store, word: str, n: int = 3) -> list[tuple[str, float]]:
     words = table.column("word").to_pylist()
     if word not in words:
         raise MemeError(f"{word!r} is not in the vocabulary of {store}")
-    vec = F.normalize(st.list_tensor(table, "vector"), dim=1)
+    vec = F.normalize(st.vector_tensor(table, "vector"), dim=1)
     sims = vec @ vec[words.index(word)]
     sims[:3] = -2  # <exc>, <pad>, <eos>
     sims[words.index(word)] = -2

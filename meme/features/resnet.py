@@ -288,6 +288,6 @@ def extract_image_features(images: CUBImages, store, split_scheme: str = "classe
     path = st.write_table(store / st.FILES["images"], "images", {
         "image_id": pa.array(images.image_ids, pa.int64()), "label": pa.array(images.labels, pa.int32()),
         "split": pa.array(splits.astype(str), pa.string()), "path": pa.array(images.paths, pa.string()),
-        "sha256": pa.array(digests, pa.binary(32)), "features": st.fixed_list(feats, pa.float32())}, meta)
+        "sha256": pa.array(digests, pa.binary(32)), "features": st.vector_column(feats, pa.float32())}, meta)
     shutil.rmtree(store / PARTIAL, ignore_errors=True)
     return path

@@ -3,13 +3,22 @@
 A store is one folder::
 
     images.parquet    image_id int64, label int32, split string, path string, sha256 binary(32)
-                      (of the image file), features fixed_size_list<float32>[2048]   one row per image
+                      (of the image file), features float32[2048]       one row per image
     captions.parquet  image_id int64, caption_index int8, label int32, split string, text string,
-                      tokens fixed_size_list<int32>[32], embedding fixed_size_list<float32>[300]
-                                                                        one row per caption
+                      tokens int32[32], embedding float32[300]          one row per caption
     words.parquet     token_id int32, word string, count int64, weight float32,
-                      vector fixed_size_list<float32>[300]              one row per vocabulary entry
+                      vector float32[300]                               one row per vocabulary entry
     vocab.json        the vocabulary (MMVAE-compatible ``w2i``/``i2w``, plus counts and settings)
+
+**Vector columns** (``dtype[W]`` above) are stored as ``fixed_size_binary(itemsize * W)``: each row's W
+little-endian values, back to back, with the field metadata ``meme.vector = "dtype[W]"``. The column's
+data is then one plain buffer that Parquet copies out without decoding, so loading the 11,788 x 2048
+feature table costs about as much as ``numpy.load`` of the same array (``benchmarks/features.py``). As a
+``fixed_size_list<float32>[2048]`` (store version 1, still read) Parquet must decode a repetition level
+per float, about 6x slower. Outside this package, a vector column reads as::
+
+    col = pq.read_table(path, columns=["features"]).column("features").combine_chunks()
+    x = np.frombuffer(col.buffers()[1], np.float32).reshape(len(col), -1)
 
 ``split`` is "train" or "test" under the store's split scheme (``meme.data.cub.SPLITS``). Each table's
 schema metadata holds, under the key ``meme.cub``, a JSON object: ``format``, ``version``
@@ -18,9 +27,10 @@ schema metadata holds, under the key ``meme.cub``, a JSON object: ``format``, ``
 files) and ``standin`` (true for generated stand-in image features).
 
 Reading checks the metadata and the exact schema and raises ``MemeError`` naming the file and the
-difference; Parquet page checksums are written and verified, so a damaged file is an error rather
-than silently wrong numbers. The readers memory-map the file and turn each fixed-size-list column into
-one tensor over Arrow's own buffer (no per-row Python, no copy where the data is in one chunk).
+difference; Parquet page checksums are written and verified (once per process and file, see
+``read_table``), so a damaged file is an error rather than silently wrong numbers. The readers
+memory-map the file and turn each vector column into one tensor over Arrow's own buffer (no per-row
+Python, no copy where the data is in one chunk).
 """
 from __future__ import annotations
 
@@ -42,7 +52,10 @@ from meme.errors import MemeError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: store versions this reader reads: 1 held vectors as fixed_size_list, 2 as fixed_size_binary
+READABLE_VERSIONS = (1, 2)
+VECTOR_KEY = b"meme.vector"
 META_KEY = b"meme.cub"
 FORMAT = "meme.cub"
 FILES = {"images": "images.parquet", "captions": "captions.parquet", "words": "words.parquet"}
@@ -50,34 +63,43 @@ VOCAB_FILE = "vocab.json"
 MODALITY_NAMES = ("cub_image", "cub_caption")
 
 
-def _vec(dtype: pa.DataType, width: int) -> pa.DataType:
-    return pa.list_(pa.field("element", dtype, nullable=False), width)
+def _itemsize(dtype: pa.DataType) -> int:
+    return dtype.bit_width // 8
+
+
+def _vec(name: str, dtype: pa.DataType, width: int, version: int = SCHEMA_VERSION) -> pa.Field:
+    """A vector column of ``width`` values of ``dtype`` in the layout of store ``version``."""
+    if version == 1:
+        return pa.field(name, pa.list_(pa.field("element", dtype, nullable=False), width), nullable=False)
+    return pa.field(name, pa.binary(_itemsize(dtype) * width), nullable=False,
+                    metadata={VECTOR_KEY: f"{np.dtype(dtype.to_pandas_dtype()).name}[{width}]".encode()})
 
 
 def _field(name, typ) -> pa.Field:
     return pa.field(name, typ, nullable=False)
 
 
-def image_schema(dim: int = 2048) -> pa.Schema:
+def image_schema(dim: int = 2048, version: int = SCHEMA_VERSION) -> pa.Schema:
     return pa.schema([_field("image_id", pa.int64()), _field("label", pa.int32()), _field("split", pa.string()),
                       _field("path", pa.string()), _field("sha256", pa.binary(32)),
-                      _field("features", _vec(pa.float32(), dim))])
+                      _vec("features", pa.float32(), dim, version)])
 
 
-def caption_schema(max_len: int = 32, dim: int = 300) -> pa.Schema:
+def caption_schema(max_len: int = 32, dim: int = 300, version: int = SCHEMA_VERSION) -> pa.Schema:
     return pa.schema([_field("image_id", pa.int64()), _field("caption_index", pa.int8()), _field("label", pa.int32()),
                       _field("split", pa.string()), _field("text", pa.string()),
-                      _field("tokens", _vec(pa.int32(), max_len)), _field("embedding", _vec(pa.float32(), dim))])
+                      _vec("tokens", pa.int32(), max_len, version), _vec("embedding", pa.float32(), dim, version)])
 
 
-def word_schema(dim: int = 300) -> pa.Schema:
+def word_schema(dim: int = 300, version: int = SCHEMA_VERSION) -> pa.Schema:
     return pa.schema([_field("token_id", pa.int32()), _field("word", pa.string()), _field("count", pa.int64()),
-                      _field("weight", pa.float32()), _field("vector", _vec(pa.float32(), dim))])
+                      _field("weight", pa.float32()), _vec("vector", pa.float32(), dim, version)])
 
 
-#: table kind -> (schema builder, the list column whose width parameterises it)
-SCHEMAS = {"images": (image_schema, ("features",)), "captions": (caption_schema, ("tokens", "embedding")),
-           "words": (word_schema, ("vector",))}
+#: table kind -> (schema builder, its vector columns and their value types, whose widths parameterise it)
+SCHEMAS = {"images": (image_schema, (("features", pa.float32()),)),
+           "captions": (caption_schema, (("tokens", pa.int32()), ("embedding", pa.float32()))),
+           "words": (word_schema, (("vector", pa.float32()),))}
 
 
 def library_versions() -> dict[str, str]:
@@ -99,19 +121,27 @@ def make_meta(table: str, split_scheme: str, settings: dict, sources: dict, voca
 
 
 # ------------------------------------------------------------------ writing
-def fixed_list(x: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
-    """(N, W) array -> fixed_size_list<dtype>[W] (non-nullable elements), zero-copy where the dtype matches."""
-    x = np.ascontiguousarray(x)
+def vector_column(x: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeBinaryArray:
+    """(N, W) array -> a vector column: fixed_size_binary(itemsize * W) over the array's bytes (zero-copy
+    where ``x`` is already a C-contiguous little-endian array of ``dtype``)."""
+    x = np.ascontiguousarray(x, dtype=np.dtype(dtype.to_pandas_dtype()).newbyteorder("<"))
     if x.ndim != 2:
-        raise MemeError(f"expected an (N, W) array for a fixed-size-list column, got shape {x.shape}")
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=dtype), type=_vec(dtype, x.shape[1]))
+        raise MemeError(f"expected an (N, W) array for a vector column, got shape {x.shape}")
+    n, width = x.shape
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(x.itemsize * width), n, [None, pa.py_buffer(x)])
 
 
 def write_table(path, kind: str, columns: dict, meta: dict) -> Path:
     """Write one store table atomically (temporary file + rename), with page checksums and no compression
     (feature floats barely compress; uncompressed pages decode fastest)."""
-    builder, list_cols = SCHEMAS[kind]
-    widths = [columns[c].type.list_size for c in list_cols]
+    builder, vector_cols = SCHEMAS[kind]
+    widths = []
+    for c, dtype in vector_cols:
+        typ = columns[c].type if c in columns else None
+        if not pa.types.is_fixed_size_binary(typ) or typ.byte_width % _itemsize(dtype):
+            raise MemeError(f"cannot build the {kind} table: column {c!r} must be a vector column of {dtype} "
+                            f"(meme.features.store.vector_column), got {typ}")
+        widths.append(typ.byte_width // _itemsize(dtype))
     schema = builder(*widths)
     try:
         table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
@@ -152,24 +182,35 @@ def read_meta(path) -> dict:
 
 
 def check_schema(path, kind: str, schema: pa.Schema, meta: dict) -> None:
-    if meta.get("version") != SCHEMA_VERSION:
-        raise MemeError(f"{path} is store version {meta.get('version')!r}, this meme reads version {SCHEMA_VERSION}; "
-                        f"extract the features again")
+    version = meta.get("version")
+    if version not in READABLE_VERSIONS:
+        raise MemeError(f"{path} is store version {version!r}, this meme reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}; extract the features again")
     if meta.get("table") != kind:
         raise MemeError(f"{path} holds a {meta.get('table')!r} table, expected {kind!r}")
-    builder, list_cols = SCHEMAS[kind]
+    builder, vector_cols = SCHEMAS[kind]
     widths = []
-    for c in list_cols:
-        if c not in schema.names or not pa.types.is_fixed_size_list(schema.field(c).type):
-            got = schema.field(c).type if c in schema.names else "missing"
-            raise MemeError(f"{path}: schema mismatch: column {c!r} is {got}, expected a fixed_size_list")
-        widths.append(schema.field(c).type.list_size)
-    expected = builder(*widths)
+    for c, dtype in vector_cols:
+        got = schema.field(c).type if c in schema.names else None
+        if version == 1 and pa.types.is_fixed_size_list(got):
+            widths.append(got.list_size)
+        elif version >= 2 and pa.types.is_fixed_size_binary(got) and got.byte_width % _itemsize(dtype) == 0:
+            widths.append(got.byte_width // _itemsize(dtype))
+        else:
+            layout = "a fixed_size_list" if version == 1 else \
+                f"a vector column of {np.dtype(dtype.to_pandas_dtype()).name} (fixed_size_binary)"
+            raise MemeError(f"{path}: schema mismatch: column {c!r} is {got or 'missing'}, expected {layout}")
+    expected = builder(*widths, version=version)
     if schema.names != expected.names:
         raise MemeError(f"{path}: schema mismatch: columns {schema.names}, expected {expected.names}")
     for f, e in zip(schema, expected):
         if not _same_type(f.type, e.type):
             raise MemeError(f"{path}: schema mismatch: column {f.name!r} is {f.type}, expected {e.type}")
+        want = (e.metadata or {}).get(VECTOR_KEY)
+        if want is not None and (f.metadata or {}).get(VECTOR_KEY) != want:
+            have = (f.metadata or {}).get(VECTOR_KEY)
+            raise MemeError(f"{path}: schema mismatch: column {f.name!r} holds "
+                            f"{have.decode() if have else 'untagged bytes'}, expected {want.decode()}")
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
@@ -179,29 +220,77 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     return a.equals(b)
 
 
-def read_table(path, kind: str) -> tuple[pa.Table, dict]:
-    """A validated store table (memory-mapped, page checksums verified) and its metadata."""
+#: files whose page checksums this process has verified: (resolved path, size, mtime_ns, inode)
+_VERIFIED: set = set()
+
+
+def _identity(path: Path) -> tuple:
+    st_ = path.stat()
+    return str(path.resolve()), st_.st_size, st_.st_mtime_ns, st_.st_ino
+
+
+def read_table(path, kind: str, verify: str = "once") -> tuple[pa.Table, dict]:
+    """A validated store table (memory-mapped) and its metadata.
+
+    ``verify``: page checksums (CRC32 of every data page, about 0.4 ms per MiB) are checked ``"always"``,
+    ``"once"`` per process and file (a file replaced or modified since is checked again; the default, as
+    a run reads the same store for its train and test splits and every evaluation) or ``"never"``.
+    """
     path = Path(path)
     meta = read_meta(path)
+    ident = _identity(path)
+    check = verify == "always" or (verify == "once" and ident not in _VERIFIED)
     try:
-        table = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+        table = pq.read_table(path, memory_map=True, page_checksum_verification=check)
     except (pa.ArrowException, OSError) as e:
         raise MemeError(f"{path} is corrupt ({e}); delete it and extract again") from None
     check_schema(path, kind, table.schema, meta)
+    if check:
+        _VERIFIED.add(ident)
     return table, meta
 
 
-def list_tensor(table: pa.Table, name: str) -> Tensor:
-    """A fixed_size_list column as an (N, W) tensor over Arrow's buffer (one copy only if it spans chunks)."""
+class _ArrowView:
+    """Exposes a mutable Arrow buffer to numpy as a writable array, keeping the buffer alive."""
+
+    def __init__(self, buf: pa.Buffer, dtype: np.dtype, offset: int, count: int):
+        self._buf = buf
+        self.__array_interface__ = {"data": (buf.address + offset, False), "typestr": dtype.str,
+                                    "shape": (count,), "version": 3}
+
+
+def _frombuffer(buf: pa.Buffer, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
+    """``np.frombuffer`` that is writable where Arrow's buffer is (decoded pages live in Arrow's memory pool;
+    only a memory-mapped file region is read-only, and is copied by the caller)."""
+    if offset + count * dtype.itemsize > buf.size:
+        raise MemeError(f"a vector column holds {buf.size} bytes, fewer than its rows need")
+    if buf.is_mutable:
+        return np.asarray(_ArrowView(buf, dtype, offset, count))
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+
+
+def vector_tensor(table: pa.Table, name: str) -> Tensor:
+    """A vector column (fixed_size_binary tagged ``meme.vector``, or a version-1 fixed_size_list) as an
+    (N, W) tensor over Arrow's buffer (one copy only if it spans chunks)."""
     col = table.column(name)
-    width = col.type.list_size
-    parts = []
-    for chunk in col.chunks:
-        values = chunk.values.slice(chunk.offset * width, len(chunk) * width)
-        buf = values.buffers()[1]
-        dtype = values.type.to_pandas_dtype()
-        arr = np.frombuffer(buf, dtype=dtype, count=len(values), offset=values.offset * np.dtype(dtype).itemsize)
-        parts.append(arr.reshape(len(chunk), width))
+    field = table.schema.field(name)
+    if pa.types.is_fixed_size_binary(col.type):
+        tag = (field.metadata or {}).get(VECTOR_KEY)
+        if tag is None:
+            raise MemeError(f"column {name!r} is {col.type} without its {VECTOR_KEY.decode()} tag (value type and width)")
+        dtype = np.dtype(tag.decode().split("[")[0]).newbyteorder("<")
+        width = col.type.byte_width // dtype.itemsize
+        parts = [_frombuffer(chunk.buffers()[1], dtype, len(chunk) * width,
+                             chunk.offset * col.type.byte_width).reshape(len(chunk), width)
+                 for chunk in col.chunks]
+    else:
+        width = col.type.list_size
+        parts = []
+        for chunk in col.chunks:
+            values = chunk.values.slice(chunk.offset * width, len(chunk) * width)
+            dtype = np.dtype(values.type.to_pandas_dtype())
+            arr = _frombuffer(values.buffers()[1], dtype, len(values), values.offset * dtype.itemsize)
+            parts.append(arr.reshape(len(chunk), width))
     if not parts:
         return torch.empty(0, width)
     arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -249,15 +338,15 @@ class CaptionTable:
 
 def read_images(store) -> ImageTable:
     table, meta = read_table(Path(store) / FILES["images"], "images")
-    return ImageTable(column_tensor(table, "image_id"), column_tensor(table, "label"), list_tensor(table, "features"),
+    return ImageTable(column_tensor(table, "image_id"), column_tensor(table, "label"), vector_tensor(table, "features"),
                       table, meta)
 
 
 def read_captions(store) -> CaptionTable:
     table, meta = read_table(Path(store) / FILES["captions"], "captions")
     return CaptionTable(column_tensor(table, "image_id"), column_tensor(table, "caption_index"),
-                        column_tensor(table, "label"), list_tensor(table, "tokens").long(),
-                        list_tensor(table, "embedding"), table, meta)
+                        column_tensor(table, "label"), vector_tensor(table, "tokens").long(),
+                        vector_tensor(table, "embedding"), table, meta)
 
 
 def read_vocab(store):
@@ -276,7 +365,7 @@ def read_sentence_embedder(store):
     if meta.get("vocab_sha256") != vocab.sha256:
         raise MemeError(f"{Path(store) / FILES['words']} was built for another vocabulary than {Path(store) / VOCAB_FILE}; "
                         f"rebuild with `meme features captions --force`")
-    return SentenceEmbedder(list_tensor(table, "vector"), torch.from_numpy(np.array(table.column("weight").to_numpy())),
+    return SentenceEmbedder(vector_tensor(table, "vector"), torch.from_numpy(np.array(table.column("weight").to_numpy())),
                             torch.tensor(meta["pc"], dtype=torch.float32))
 
 
