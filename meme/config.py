@@ -71,7 +71,7 @@ class TrainConfig(FlatConfig):
     download: bool = True
     pairings: int = 1             # random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)
     data_seed: int = 0            # seeds the pairing and which examples stay paired
-    max_train_pairs: int = 0      # 0 = all; otherwise the first N training pairs (quick runs)
+    max_train_pairs: int = 0      # 0 = all; otherwise a random N of the training pairs (seeded by data_seed)
     max_test_pairs: int = 0
     features_dir: str = ""        # CUB feature store ("" = <data dir>/cub/features)
     # partial observation (paper §4.1, appendix J.2)
@@ -148,7 +148,8 @@ HELP = {
     'data_dir': '"" = $MEME_DATA_DIR or ~/.cache/meme',
     'pairings': 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)',
     'data_seed': 'seeds the pairing and which examples stay paired',
-    'max_train_pairs': '0 = all; otherwise the first N training pairs (quick runs)',
+    'max_train_pairs': '0 = all; otherwise a random N of the training pairs, seeded by data_seed (quick runs)',
+    'max_test_pairs': '0 = all; otherwise a random N of the test pairs, seeded by data_seed',
     'features_dir': 'CUB feature store written by `meme features` ("" = <data dir>/cub/features)',
     'supervision': 'fraction f in (0, 1] of pairs observed together',
     'observed': 'what the unpaired rest keeps: a modality name, or "split"',

@@ -80,7 +80,7 @@ class Trainer:
         self.train_data = train_data if train_data is not None else spec.load(cfg, "train")
         self._test_data = test_data
         if cfg.max_train_pairs:
-            self.train_data = self.train_data.head(cfg.max_train_pairs)
+            self.train_data = self.train_data.sample(cfg.max_train_pairs, cfg.data_seed)
         if len(self.train_data) == 0:
             raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
         self.observation = make_observation(len(self.train_data), cfg.supervision, cfg.observed, self.train_data.names,
@@ -106,7 +106,7 @@ class Trainer:
         if self._test_data is None:
             self._test_data = get_dataset(self.cfg.dataset).load(self.cfg, "test")
             if self.cfg.max_test_pairs:
-                self._test_data = self._test_data.head(self.cfg.max_test_pairs)
+                self._test_data = self._test_data.sample(self.cfg.max_test_pairs, self.cfg.data_seed)
         return self._test_data
 
     def metadata(self) -> dict:

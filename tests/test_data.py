@@ -211,3 +211,23 @@ def test_paired_data_from_arrays_and_parquet_round_trip(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(MemeError, match="not a readable Parquet file"):
         read_array_table(tmp_path / "bad.parquet")
+
+
+def test_max_pairs_take_a_seeded_random_subset_not_the_label_sorted_head(synth_dir):
+    """Pairing by label lists pairs digit by digit, so the first N pairs would hold one or two digits."""
+    from meme.config import TrainConfig
+    from meme.train import Trainer
+
+    full = load_mnist_svhn(synth_dir, "train", seed=3, download=False)  # data_seed also seeds the pairing
+    assert full.labels[:64].unique().numel() <= 2  # the head holds one or two digits
+    cfg = TrainConfig(data_dir=str(synth_dir), download=False, max_train_pairs=64, max_test_pairs=32, data_seed=3,
+                      latent_dim=4, K=1, n_pseudo=2, device="cpu")
+    tr = Trainer(cfg)
+    pick = torch.randperm(len(full), generator=torch.Generator().manual_seed(3))[:64].sort().values
+    assert torch.equal(tr.train_data.labels, full.labels[pick])
+    assert torch.equal(tr.train_data.index[1], full.index[1][pick])
+    assert tr.train_data.labels.unique().numel() == 10
+    test = load_mnist_svhn(synth_dir, "test", download=False)
+    assert len(tr.test_data) == 32 and tr.test_data.labels.unique().numel() >= 8
+    assert not torch.equal(Trainer(cfg.replace(data_seed=4)).train_data.labels, tr.train_data.labels)
+    assert full.sample(len(full) + 5, 0) is full and len(test.sample(10, 1)) == 10

@@ -59,6 +59,8 @@ def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None =
     check_checkpoint(state, cfg.model, None, source=f"checkpoint {checkpoint}")
     check_checkpoint(state, expect_model, spec.names, source=f"checkpoint {checkpoint}")
     train_data = spec.load(cfg, "train")
+    if cfg.max_train_pairs:  # the pairs the run trained on (its latent probe is fitted on them)
+        train_data = train_data.sample(cfg.max_train_pairs, cfg.data_seed)
     test_data = spec.load(cfg, "test")
     if len(train_data) == 0:
         raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
