@@ -5,7 +5,8 @@
 Measured side by side in one run, with the MNIST-SVHN networks (latent 64), batch 128, K = 10:
 
 * every registered model: a paired step and an unpaired step (pairs/s = batch / step time), through the
-  project's trainer (``Trainer.step_fn``: autocast per ``--precision``, channels-last SVHN nets);
+  project's trainer (``Trainer.step_fn``: autocast per ``--precision``, channels-last SVHN nets, on the
+  CPU the SVHN decoder run on cache-sized chunks of latents);
 * for MEME, the same steps computed by ``meme.models.reference.reference_meme_loss`` (fp32, each term as
   written: encoders per direction, one decoder call per sample) and the ratio fast / reference;
 * the peak resident memory of a separate training process: full-size MNIST-SVHN tables (60,000 MNIST and
