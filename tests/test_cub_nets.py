@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from meme.config import TrainConfig
@@ -239,3 +238,22 @@ def test_trials_evaluate_cub_with_the_cca(store):
     assert set(direct) <= set(metrics)
     for k, v in direct.items():
         assert metrics[k] == pytest.approx(v, rel=1e-9), k
+
+
+def test_cub_cca_is_refitted_for_other_training_pairs_of_the_same_size(store):
+    """The CCA cache is keyed by the training pairs themselves: two random subsets of equal size (as
+    max_train_pairs with different data seeds gives) each get the CCA fitted on their own pairs."""
+    from meme.eval import EvalConfig
+    from meme.eval.cca import cub_cca_metrics, fit_cub_cca
+    from meme.eval.datasets import dataset_evaluation
+    from meme.features.store import read_sentence_embedder
+    from meme.train import Trainer
+
+    tr = Trainer(_small(store, observed="split", max_train_pairs=0, batch_size=64))
+    embedder = read_sentence_embedder(store)
+    n = len(tr.train_data) // 2
+    for seed in (0, 1):
+        sub = tr.train_data.sample(n, seed)
+        metrics, _ = dataset_evaluation(tr.cfg, tr.model, sub, tr.test_data, EvalConfig(seed=3))
+        direct = cub_cca_metrics(tr.model, sub, tr.test_data, embedder, cca=fit_cub_cca(sub, embedder), seed=3)
+        assert metrics == pytest.approx(direct, rel=1e-9)

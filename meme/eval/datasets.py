@@ -14,7 +14,7 @@ metrics (and writes the extra files) for ``cfg.dataset``; datasets without extra
 """
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 _CCA_CACHE: dict = {}
@@ -26,7 +26,8 @@ def _cub(cfg, model, train_data, test_data, eval_cfg, out: Path | None, figures:
     from meme.features.store import read_sentence_embedder, read_vocab
 
     store = default_features_dir(cfg)
-    key = (str(Path(store).resolve()), len(train_data))
+    pairs = hashlib.sha256(b"".join(i.cpu().numpy().tobytes() for i in train_data.index)).hexdigest()
+    key = (str(Path(store).resolve()), pairs)  # the CCA is fitted on exactly these training pairs
     if key not in _CCA_CACHE:
         embedder = read_sentence_embedder(store)
         _CCA_CACHE.clear()
@@ -60,7 +61,7 @@ def dataset_evaluation(cfg, model, train_data, test_data, eval_cfg, out_dir=None
 def evaluate_run(cfg, model, train_data, test_data, classifiers, eval_cfg, out_dir=None, figures: bool = False,
                  progress: bool = False) -> tuple[dict[str, float], list[Path]]:
     """``meme.eval.evaluate`` and then the extras of ``cfg.dataset``; ``out_dir/metrics.json`` holds both."""
-    from meme.eval.suite import evaluate
+    from meme.eval.suite import evaluate, write_metrics
 
     metrics, files = evaluate(model, train_data, test_data, classifiers, eval_cfg, out_dir=out_dir, figures=figures,
                               progress=progress)
@@ -68,5 +69,5 @@ def evaluate_run(cfg, model, train_data, test_data, classifiers, eval_cfg, out_d
     if extra:
         metrics = {**metrics, **extra}
         if out_dir is not None:
-            (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            write_metrics(out_dir, metrics)
     return metrics, files + extra_files
