@@ -76,13 +76,13 @@ def bench_loading(tmp: Path, rows: int, repeats: int) -> dict:
     pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(v1_meta).encode()}), v1 / st.FILES["images"],
                    compression="NONE", write_statistics=False, row_group_size=rows)
 
-    def read_binary():
+    def read_v1():
         return st.read_images(v1).features
 
     t0 = time.perf_counter()
     st.read_images(store)
     first = time.perf_counter() - t0  # the process's first read of the file also verifies its page checksums
-    times = {"parquet": [], "numpy": [], "binary": []}
+    times = {"parquet": [], "numpy": [], "v1": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         a = st.read_images(store).features
@@ -91,8 +91,8 @@ def bench_loading(tmp: Path, rows: int, repeats: int) -> dict:
         b = torch.from_numpy(np.load(tmp / "features.npy"))
         times["numpy"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        c = read_binary()
-        times["binary"].append(time.perf_counter() - t0)
+        c = read_v1()
+        times["v1"].append(time.perf_counter() - t0)
         assert torch.equal(a, b), "store reader"
         assert torch.equal(c, b), "version-1 reader"
     out = {k: (min(v), statistics.median(v)) for k, v in times.items()}
@@ -156,7 +156,7 @@ def main() -> None:
               f"verifies the page checksums: {r['first'] * 1e3:.1f} ms)")
         print(f"  numpy.load             {nb * 1e3:.1f} / {nm * 1e3:.1f} ms")
         print(f"  ratio Parquet / numpy  {pb / nb:.2f}x best, {pm / nm:.2f}x median (target <= 1.5x)")
-        bb, bm = r["binary"]
+        bb, bm = r["v1"]
         print(f"  for comparison, store version 1 (fixed_size_list<float32>[2048]): {bb * 1e3:.1f} / {bm * 1e3:.1f} ms "
               f"({bb / nb:.2f}x / {bm / nm:.2f}x numpy)")
     if args.captions is not None:  # in a fresh process, so that its peak memory is the text pipeline's own

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from meme.errors import MemeError
-from meme.features.text import (EOS_ID, EXC_ID, PAD_ID, FastTextSettings, SentenceEmbedder, Vocab,
+from meme.features.text import (EOS_ID, EXC_ID, PAD_ID, FastTextSettings, Vocab,
                                 first_principal_component, fit_fasttext, fit_sentence_embedder, sif_weights,
                                 tokenize, word_vectors)
 

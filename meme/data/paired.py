@@ -46,14 +46,11 @@ class PairedData:
     def subset(self, pairs: Tensor) -> "PairedData":
         return PairedData(self.names, self.tables, (self.index[0][pairs], self.index[1][pairs]), self.labels[pairs])
 
-    def head(self, n: int) -> "PairedData":
-        return self.subset(torch.arange(min(n, len(self))))
-
     def sample(self, n: int, seed: int = 0) -> "PairedData":
         """A seeded random subset of ``n`` pairs (all if ``n`` >= len), kept in their original order.
 
-        Quick runs use this rather than ``head``: datasets paired by label (MNIST-SVHN) or read in
-        class order (CUB) list their pairs grouped by class, so the first N pairs hold few classes.
+        Quick runs use this rather than the first N pairs: datasets paired by label (MNIST-SVHN) or read
+        in class order (CUB) list their pairs grouped by class, so the first N pairs hold few classes.
         """
         if n >= len(self):
             return self

@@ -75,9 +75,15 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
         model.train(was_training)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        files.append(out / "metrics.json")
+        files.append(write_metrics(out, metrics))
     return metrics, files
+
+
+def write_metrics(out_dir, metrics: dict) -> Path:
+    """``<out_dir>/metrics.json``: the metrics, sorted, indented."""
+    path = Path(out_dir) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device, out: Path | None, figures: bool,

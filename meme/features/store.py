@@ -67,12 +67,29 @@ def _itemsize(dtype: pa.DataType) -> int:
     return dtype.bit_width // 8
 
 
+def _dtype_name(dtype: pa.DataType) -> str:
+    """numpy's name of an Arrow value type ("float32", "int32"), as vector tags and messages write it."""
+    return np.dtype(dtype.to_pandas_dtype()).name
+
+
 def _vec(name: str, dtype: pa.DataType, width: int, version: int = SCHEMA_VERSION) -> pa.Field:
     """A vector column of ``width`` values of ``dtype`` in the layout of store ``version``."""
     if version == 1:
         return pa.field(name, pa.list_(pa.field("element", dtype, nullable=False), width), nullable=False)
     return pa.field(name, pa.binary(_itemsize(dtype) * width), nullable=False,
-                    metadata={VECTOR_KEY: f"{np.dtype(dtype.to_pandas_dtype()).name}[{width}]".encode()})
+                    metadata={VECTOR_KEY: f"{_dtype_name(dtype)}[{width}]".encode()})
+
+
+def _vector_width(typ: pa.DataType | None, dtype: pa.DataType, version: int = SCHEMA_VERSION) -> int | None:
+    """The width W of a vector column of type ``typ`` holding ``dtype`` values in store ``version``'s
+    layout, or None if ``typ`` is not such a column."""
+    if typ is None:
+        return None
+    if version == 1:
+        return typ.list_size if pa.types.is_fixed_size_list(typ) else None
+    if pa.types.is_fixed_size_binary(typ) and typ.byte_width % _itemsize(dtype) == 0:
+        return typ.byte_width // _itemsize(dtype)
+    return None
 
 
 def _field(name, typ) -> pa.Field:
@@ -138,10 +155,11 @@ def write_table(path, kind: str, columns: dict, meta: dict) -> Path:
     widths = []
     for c, dtype in vector_cols:
         typ = columns[c].type if c in columns else None
-        if not pa.types.is_fixed_size_binary(typ) or typ.byte_width % _itemsize(dtype):
-            raise MemeError(f"cannot build the {kind} table: column {c!r} must be a vector column of {dtype} "
-                            f"(meme.features.store.vector_column), got {typ}")
-        widths.append(typ.byte_width // _itemsize(dtype))
+        width = _vector_width(typ, dtype)
+        if width is None:
+            raise MemeError(f"cannot build the {kind} table: column {c!r} must be a vector column of "
+                            f"{_dtype_name(dtype)} (meme.features.store.vector_column), got {typ}")
+        widths.append(width)
     schema = builder(*widths)
     try:
         table = pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
@@ -192,14 +210,11 @@ def check_schema(path, kind: str, schema: pa.Schema, meta: dict) -> None:
     widths = []
     for c, dtype in vector_cols:
         got = schema.field(c).type if c in schema.names else None
-        if version == 1 and pa.types.is_fixed_size_list(got):
-            widths.append(got.list_size)
-        elif version >= 2 and pa.types.is_fixed_size_binary(got) and got.byte_width % _itemsize(dtype) == 0:
-            widths.append(got.byte_width // _itemsize(dtype))
-        else:
-            layout = "a fixed_size_list" if version == 1 else \
-                f"a vector column of {np.dtype(dtype.to_pandas_dtype()).name} (fixed_size_binary)"
+        width = _vector_width(got, dtype, version)
+        if width is None:
+            layout = "a fixed_size_list" if version == 1 else f"a vector column of {_dtype_name(dtype)} (fixed_size_binary)"
             raise MemeError(f"{path}: schema mismatch: column {c!r} is {got or 'missing'}, expected {layout}")
+        widths.append(width)
     expected = builder(*widths, version=version)
     if schema.names != expected.names:
         raise MemeError(f"{path}: schema mismatch: columns {schema.names}, expected {expected.names}")
