@@ -9,27 +9,11 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from meme.errors import MemeError
 
 log = logging.getLogger("meme")
-
-
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    from meme.config import HELP, TrainConfig
-
-    defaults = TrainConfig.__dataclass_fields__
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = defaults[f.name].default
-        help_ = f"{HELP.get(f.name, '')} (default: {default!r})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            p.add_argument(flag, dest=f.name, type=typ, default=None, help=help_)
 
 
 def _config_from_args(args) -> "TrainConfig":  # noqa: F821
@@ -90,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (options given here override it)")
     t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_options(t)
+    from meme.config import HELP, TrainConfig
+
+    TrainConfig.add_options(t, HELP)
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="download data, or generate stand-ins", description=(

@@ -38,6 +38,21 @@ class FlatConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def add_options(cls, parser, help: dict[str, str]) -> None:
+        """One command-line option per key (``--max-train-pairs``; booleans as ``--x`` / ``--no-x``), default
+        None so that only the options given count; ``help`` holds each key's text."""
+        import argparse
+
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            typ = f.type if isinstance(f.type, str) else f.type.__name__
+            text = f"{help.get(f.name, '')} (default: {f.default!r})"
+            if typ == "bool":
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            else:
+                parser.add_argument(flag, dest=f.name, type=_TYPES[typ], default=None, help=text)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]):
         unknown = sorted(set(d) - set(cls.keys()))
         if unknown:

@@ -117,11 +117,6 @@ def _embed(embedder, tokens: Tensor) -> Tensor:
     return embedder(tokens.cpu()).double()
 
 
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield torch.arange(start, min(n, start + batch_size))
-
-
 def _latent(mu: Tensor, sigma: Tensor, use_mean: bool) -> Tensor:
     return mu if use_mean else mu + sigma * torch.randn_like(mu)
 

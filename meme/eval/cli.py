@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import fields
 from pathlib import Path
 
 from meme.errors import MemeError
@@ -30,18 +29,6 @@ HELP = {
     "grid_samples": "sample rows of the cross-generation grids",
     "device": "auto | cpu | cuda | cuda:N",
 }
-
-
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    from meme.eval.config import EvalConfig
-
-    for f in fields(EvalConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{HELP.get(f.name, '')} (default: {f.default!r})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            p.add_argument(flag, dest=f.name, type={"int": int, "str": str}[f.type], default=None, help=help_)
 
 
 def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):
@@ -129,7 +116,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--no-coherence", action="store_true", help="skip coherence (no classifiers needed)")
     e.add_argument("--no-figures", action="store_true", help="metrics only")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_eval_options(e)
+    from meme.eval.config import EvalConfig
+
+    EvalConfig.add_options(e, HELP)
     e.set_defaults(func=cmd_eval)
     sub = e.add_subparsers(dest="eval_command", required=False)
     c = sub.add_parser("classifiers", help="train the digit classifiers on the real training sets", description=(
