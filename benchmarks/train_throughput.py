@@ -1,8 +1,10 @@
 """Training throughput: pairs/s of each model's training step, and MEME's fast path against a literal reference.
 
     python benchmarks/train_throughput.py [--steps 10] [--batch-size 128] [--device cpu] [--models meme,mvae]
+                                          [--nets published,appendix_k]
 
-Measured side by side in one run, with the MNIST-SVHN networks (latent 64), batch 128, K = 10:
+Measured side by side in one run, for each network family (``--nets``, both by default) of the MNIST-SVHN
+networks (latent 64), batch 128, K = 10:
 
 * every registered model: a paired step and an unpaired step (pairs/s = batch / step time), through the
   project's trainer (``Trainer.step_fn``: autocast per ``--precision``, channels-last SVHN nets, on the
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (for the trainer; the reference is fp32)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated models to time")
+    p.add_argument("--nets", default="published,appendix_k", help="comma-separated network families to time")
     p.add_argument("--compile", action="store_true", help="also torch.compile the trainer step")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -85,8 +88,8 @@ def main(argv=None) -> int:
     rows = []
     print(f"device={args.device} threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} "
           f"batch={B} K=10 latent=64", flush=True)
-    for name in args.models.split(","):
-        cfg = TrainConfig(model=name, **base)
+    for nets, name in ((n, m) for n in args.nets.split(",") for m in args.models.split(",")):
+        cfg = TrainConfig(model=name, nets=nets, **base)
         tr = Trainer(cfg, train_data=data, test_data=data)
         g = torch.Generator().manual_seed(1)
         pairs = [torch.randint(0, len(data), (B,), generator=g) for _ in range(4)]
@@ -94,9 +97,9 @@ def main(argv=None) -> int:
         unpaired = [gather(data, p, obs, tr.device) for p in pairs for obs in ((True, False), (False, True))]
         t_pair = time_steps(tr.step_fn, paired, args.steps)
         t_unp = time_steps(tr.step_fn, unpaired, args.steps) if tr.model.learns_from_unpaired else float("nan")
-        rows.append((name, tr.precision, B / t_pair, B / t_unp))
+        rows.append((nets, name, tr.precision, B / t_pair, B / t_unp))
         unp = f"{B / t_unp:8.1f} examples/s" if tr.model.learns_from_unpaired else "     n/a (paired data only)"
-        print(f"{name:8s} trainer ({tr.precision}): paired {B / t_pair:8.1f} pairs/s   unpaired {unp}", flush=True)
+        print(f"{nets:10s} {name:8s} trainer ({tr.precision}): paired {B / t_pair:8.1f} pairs/s   unpaired {unp}", flush=True)
         if name == "meme":
             ref_tr = Trainer(cfg.replace(precision="fp32", compile=False), train_data=data, test_data=data)
 
@@ -108,9 +111,9 @@ def main(argv=None) -> int:
 
             r_pair = time_steps(ref_step, paired, args.steps)
             r_unp = time_steps(ref_step, unpaired, args.steps)
-            print(f"{'meme':8s} reference (fp32): paired {B / r_pair:8.1f} pairs/s   unpaired {B / r_unp:8.1f} examples/s",
+            print(f"{nets:10s} {'meme':8s} reference (fp32): paired {B / r_pair:8.1f} pairs/s   unpaired {B / r_unp:8.1f} examples/s",
                   flush=True)
-            print(f"meme speed-up trainer/reference: paired {r_pair / t_pair:.2f}x   unpaired {r_unp / t_unp:.2f}x", flush=True)
+            print(f"{nets:10s} meme speed-up trainer/reference: paired {r_pair / t_pair:.2f}x   unpaired {r_unp / t_unp:.2f}x", flush=True)
     peak = training_process_peak_mib()
     print(f"peak resident memory of a MEME training process on full-size MNIST-SVHN tables: {peak:.0f} MiB "
           f"(target < 2048 MiB)")

@@ -69,11 +69,22 @@ class FlatConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def from_stored(cls, d: dict[str, Any]):
+        """A config as a run stored it: keys added since then take the value that reproduces what that
+        run did (``LEGACY_DEFAULTS``), or else their default."""
+        return cls.from_dict({**getattr(cls, "_legacy", {}), **d})
+
+    @classmethod
     def load(cls, path):
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise MemeError(f"cannot read {cls._what} {path}: {e}") from None
+
+
+#: keys whose default changed after runs were written without them: the value such a run was trained with
+#: (``nets``: before the network family became a key, every run used appendix K's networks)
+LEGACY_DEFAULTS = {"nets": "appendix_k"}
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,9 @@ class TrainConfig(FlatConfig):
     observed: str = "split"       # what the unpaired rest keeps: a modality name, or "split"
     paired_only: bool = False     # drop the unpaired rest (ablation J.2)
     # networks and objective
+    nets: str = "published"       # network family: published (the published MEME code's) | appendix_k
     latent_dim: int = 64
-    sigma_floor: float = 1e-3
+    sigma_floor: float = 0.0      # floor on the encoders' sigma; 0 = the family's own (published: 1e-3 MNIST, 1e-4 SVHN)
     llik_scale: float = 1.0       # fixed Laplace scale of image likelihoods (1.0 in the published MEME code)
     K: int = 10                   # extra posterior samples in the log q(t|s) estimate
     lam: float = 10.0             # weight of log q(t|s)
@@ -120,6 +132,8 @@ class TrainConfig(FlatConfig):
     checkpoint_every: int = 1     # epochs between checkpoints (the last epoch is always saved)
     eval_every: int = 0           # evaluate every N epochs and at the last (0 = never during training)
 
+    _legacy = LEGACY_DEFAULTS
+
     def __post_init__(self):
         self._check_types()
         from meme.data.observation import check_supervision
@@ -132,8 +146,9 @@ class TrainConfig(FlatConfig):
         for b in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, b) < 1.0:
                 raise MemeError(f"{b}={getattr(self, b)} must be in [0, 1)")
-        if not self.sigma_floor > 0 or not self.llik_scale > 0:
-            raise MemeError(f"sigma_floor={self.sigma_floor} and llik_scale={self.llik_scale} must be > 0")
+        if not self.sigma_floor >= 0 or not self.llik_scale > 0:
+            raise MemeError(f"sigma_floor={self.sigma_floor} must be >= 0 (0 = the network family's own) "
+                            f"and llik_scale={self.llik_scale} must be > 0")
         if self.precision not in PRECISIONS:
             raise MemeError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         from meme.data import get_dataset
@@ -142,7 +157,10 @@ class TrainConfig(FlatConfig):
 
         if self.model not in MODELS:
             raise MemeError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        from meme.nets import check_family
+
         names = get_dataset(self.dataset).names
+        check_family(self.nets, names)
         if self.observed not in (*names, "split"):
             raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
         if self.direction not in DIRECTIONS:
@@ -169,6 +187,8 @@ HELP = {
     'supervision': 'fraction f in (0, 1] of pairs observed together',
     'observed': 'what the unpaired rest keeps: a modality name, or "split"',
     'paired_only': 'drop the unpaired rest (ablation J.2)',
+    'nets': 'network family: published (the published MEME code\'s, default) | appendix_k (the paper\'s appendix K table)',
+    'sigma_floor': "floor on the encoders' sigma; 0 = the network family's own (published: 1e-3 MNIST, 1e-4 SVHN; appendix_k: 1e-3)",
     'llik_scale': 'fixed Laplace scale of image likelihoods (1.0 in the published MEME code)',
     'K': 'extra posterior samples in the log q(t|s) estimate',
     'lam': 'weight of log q(t|s)',

@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from meme.config import TrainConfig
+from meme.config import LEGACY_DEFAULTS, TrainConfig
 from meme.data import BatchLoader, get_dataset, make_observation
 from meme.data.batch import gather
 from meme.errors import MemeError
@@ -193,7 +193,7 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        check_checkpoint(state, self.cfg.model, self.model.names, source="checkpoint")
+        check_checkpoint(state, self.cfg.model, self.model.names, source="checkpoint", nets=self.cfg.nets)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
@@ -226,11 +226,21 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def check_checkpoint(state: dict, model_name: str | None, modalities, source: str) -> None:
+def stored_config(state: dict) -> TrainConfig:
+    """The config a checkpoint was trained with (keys added since then as that run had them)."""
+    return TrainConfig.from_stored(state["config"])
+
+
+def check_checkpoint(state: dict, model_name: str | None, modalities, source: str, nets: str | None = None) -> None:
     if model_name is not None and state.get("model_name") != model_name:
         raise MemeError(f"{source} holds a {state.get('model_name')!r} model, expected {model_name!r}")
     if modalities is not None and tuple(state.get("modalities", ())) != tuple(modalities):
         raise MemeError(f"{source} is for modalities {tuple(state.get('modalities', ()))}, expected {tuple(modalities)}")
+    if nets is not None:
+        trained = {**LEGACY_DEFAULTS, **state.get("config", {})}.get("nets")
+        if trained != nets:
+            raise MemeError(f"{source} was trained with nets={trained!r} and cannot continue as nets={nets!r}; "
+                            f"resume it with --nets {trained} (valid: the family it was trained with)")
 
 
 def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True) -> Iterator[dict]:
@@ -242,8 +252,9 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
         ckpt = out / CHECKPOINT
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt)
-            # keys added to TrainConfig since the checkpoint was written count as their defaults
-            old = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items() if k != "epochs"}
+            check_checkpoint(state, None, None, source=f"{out}", nets=cfg.nets)
+            # keys added to TrainConfig since the checkpoint was written count as that run had them
+            old = {k: v for k, v in stored_config(state).to_dict().items() if k != "epochs"}
             new = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
             if old != new:
                 diff = sorted(k for k in new if old.get(k) != new[k])

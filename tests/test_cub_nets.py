@@ -13,7 +13,7 @@ from meme.errors import MemeError
 from meme.features.captions import CaptionSettings, build_caption_store, write_standin_images
 from meme.features.text import FastTextSettings
 from meme.models.meme import MEME
-from meme.nets import MODALITIES
+from meme.nets import FAMILIES
 from meme.nets.cub import CUBCaptionModality, CUBImageModality
 
 
@@ -34,7 +34,7 @@ def _layers(seq, kind):
 
 def test_image_feature_networks_follow_the_table():
     m = CUBImageModality(latent_dim=16)
-    assert MODALITIES["cub_image"] is CUBImageModality
+    assert FAMILIES["appendix_k"]["cub_image"] is CUBImageModality
     assert [(l.in_features, l.out_features) for l in _layers(m.enc, nn.Linear)] == [(2048, 1024), (1024, 512), (512, 256)]
     assert len(_layers(m.enc, nn.ELU)) == 3
     assert (m.enc_mu.in_features, m.enc_mu.out_features) == (m.enc_sigma.in_features, m.enc_sigma.out_features) == (256, 16)
@@ -53,7 +53,7 @@ def test_image_feature_networks_follow_the_table():
 
 def test_caption_networks_follow_the_table():
     m = CUBCaptionModality(latent_dim=16, vocab_size=50)
-    assert MODALITIES["cub_caption"] is CUBCaptionModality
+    assert FAMILIES["appendix_k"]["cub_caption"] is CUBCaptionModality
     convs = _layers(m.enc, nn.Conv2d)
     assert [(c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
         (32, (4, 4), (2, 2), (1, 1)), (64, (4, 4), (2, 2), (1, 1)), (128, (4, 4), (2, 2), (1, 1)),

@@ -10,14 +10,14 @@ import torch
 from meme.data.batch import Batch
 from meme.models.meme import MEME
 from meme.models.reference import reference_direction, reference_meme_loss
-from meme.nets import MNISTModality, SVHNModality
+from meme.nets import FAMILIES, MNISTModality, SVHNModality
 
 L, B, K, N = 8, 6, 4, 5
 
 
-def make_model(direction="both", seed=0, swap=False) -> MEME:
+def make_model(direction="both", seed=0, swap=False, nets="appendix_k") -> MEME:
     torch.manual_seed(seed)
-    mods = (MNISTModality(L), SVHNModality(L))
+    mods = (FAMILIES[nets]["mnist"](L), FAMILIES[nets]["svhn"](L))
     init = (torch.rand(N, 1, 28, 28), torch.rand(N, 3, 32, 32))
     if swap:
         mods, init = mods[::-1], init[::-1]
@@ -44,27 +44,51 @@ def batches(xs, xt, y):
             "t": Batch((None, xt), (False, True), y)}
 
 
+@pytest.mark.parametrize("nets", ["published", "appendix_k"])
 @pytest.mark.parametrize("chunk", [0, 7])
 @pytest.mark.parametrize("kind", ["paired", "s", "t"])
 @pytest.mark.parametrize("direction", ["both", "t_supervises_s", "s_supervises_t"])
-def test_fast_loss_and_gradients_equal_reference(batch_data, kind, direction, chunk):
-    """chunk = 7: the fast path decodes its (K+2)*B SVHN latents 7 at a time (the CPU chunking)."""
-    model = make_model(direction)
+def test_fast_loss_and_gradients_equal_reference(batch_data, kind, direction, chunk, nets):
+    """chunk = 7: the fast path decodes its (K+2)*B SVHN latents 7 at a time (the CPU chunking). In training
+    mode, with the published family's BatchNorm, the running averages also end where the reference (which
+    encodes as often as the published code) leaves them."""
+    model = make_model(direction, nets=nets)
     model.mods[1].cpu_decode_chunk = chunk
+    ref_model = copy.deepcopy(model)
     b = batches(*batch_data)[kind]
     torch.manual_seed(42)
     fast, _ = model.loss(b)
     g_fast = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
     torch.manual_seed(42)
-    ref = reference_meme_loss(model, b)
-    g_ref = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
+    ref = reference_meme_loss(ref_model, b)
+    g_ref = torch.autograd.grad(ref, list(ref_model.parameters()), allow_unused=True)
+    buffers = dict(ref_model.named_buffers())
+    assert bool(buffers) == (nets == "published")
+    for name, buf in model.named_buffers():
+        assert torch.allclose(buf.float(), buffers[name].float(), rtol=1e-5, atol=1e-6), name
+        if name.endswith("running_mean") and kind != "s":   # the SVHN encoder ran: its averages moved
+            assert buf.abs().sum() > 0
     assert torch.isfinite(fast)
     assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
-    for gf, gr in zip(g_fast, g_ref):
-        if gf is None or gr is None:
+    before_bn = biases_before_batchnorm(model)
+    assert bool(before_bn) == (nets == "published")
+    for (name, _), gf, gr in zip(model.named_parameters(), g_fast, g_ref):
+        if name in before_bn:   # BatchNorm removes a constant shift: the exact gradient is 0, both paths give rounding
+            assert gf.abs().max() < 1e-3 and gr.abs().max() < 1e-3, name
+        elif gf is None or gr is None:
             assert (gf is None or not gf.any()) and (gr is None or not gr.any())
         else:
             assert torch.allclose(gf, gr, rtol=1e-3, atol=1e-4 * gr.abs().max().item() + 1e-7)
+
+
+def biases_before_batchnorm(model) -> set[str]:
+    out = set()
+    for prefix, seq in model.named_modules():
+        if isinstance(seq, torch.nn.Sequential):
+            for i, (a, b) in enumerate(zip(seq, list(seq)[1:])):
+                if isinstance(a, torch.nn.Conv2d) and a.bias is not None and isinstance(b, torch.nn.BatchNorm2d):
+                    out.add(f"{prefix}.{i}.bias")
+    return out
 
 
 def test_chunked_decode_equals_one_call():

@@ -14,7 +14,7 @@ from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
 from meme.data.observation import Observation, make_observation
 from meme.data.paired import PairedData
 from meme.errors import check_choice
-from meme.nets import MODALITIES
+from meme.nets import modality_class
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class DatasetSpec:
 
 
 def registry_modalities(cfg, train_data):
+    """The two modalities' networks from the config's family (``cfg.nets``); sigma_floor 0 = the family's own."""
     return tuple(
-        MODALITIES[name](latent_dim=cfg.latent_dim, sigma_floor=cfg.sigma_floor, llik_scale=cfg.llik_scale)
+        modality_class(cfg.nets, name)(latent_dim=cfg.latent_dim, sigma_floor=cfg.sigma_floor or None,
+                                       llik_scale=cfg.llik_scale)
         for name in train_data.names
     )
 

@@ -303,13 +303,15 @@ def load_cub(cfg, split: str):
 def build_cub_modalities(cfg, train_data):
     """The image-feature and caption networks, sized from the store's vocabulary."""
     from meme.features.store import read_vocab
-    from meme.nets.cub import CUBCaptionModality, CUBImageModality
+    from meme.nets import modality_class
 
     vocab = read_vocab(default_features_dir(cfg))
-    image = CUBImageModality(latent_dim=cfg.latent_dim, sigma_floor=cfg.sigma_floor, llik_scale=cfg.llik_scale,
-                             feature_dim=int(train_data.tables[0].shape[1]))
-    caption = CUBCaptionModality(latent_dim=cfg.latent_dim, sigma_floor=cfg.sigma_floor, vocab_size=len(vocab),
-                                 max_len=vocab.max_len, pad_index=vocab.pad_index)
+    floor = cfg.sigma_floor or None   # 0 = the family's own floor
+    image = modality_class(cfg.nets, "cub_image")(latent_dim=cfg.latent_dim, sigma_floor=floor,
+                                                  llik_scale=cfg.llik_scale, feature_dim=int(train_data.tables[0].shape[1]))
+    caption = modality_class(cfg.nets, "cub_caption")(latent_dim=cfg.latent_dim, sigma_floor=floor,
+                                                      vocab_size=len(vocab), max_len=vocab.max_len,
+                                                      pad_index=vocab.pad_index)
     return image, caption
 
 

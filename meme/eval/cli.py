@@ -33,13 +33,12 @@ HELP = {
 
 def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):
     """Rebuild the model of a run (a run directory or a checkpoint file); returns (model, cfg, train, test)."""
-    from meme.config import TrainConfig
     from meme.data import get_dataset, make_observation
     from meme.models import build_model
-    from meme.train import check_checkpoint, load_checkpoint
+    from meme.train import check_checkpoint, load_checkpoint, stored_config
 
     state = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(state["config"])
+    cfg = stored_config(state)
     if data_dir:
         cfg = cfg.replace(data_dir=str(data_dir))
     spec = get_dataset(cfg.dataset)

@@ -27,6 +27,13 @@ The loss returned is the negative batch mean of the relevant term.
 
 The fast path computes each encoder once per batch and each decoder once per batch (the K+1
 classifier evaluations of one direction and the likelihood of the other direction share one call).
+
+**BatchNorm** (the published SVHN encoder has it) follows the published code: in training mode each
+encoder call normalises by the statistics of its own batch, so the pseudo-samples of a missing
+modality, passed through that modality's encoder, are normalised by theirs; the K+1 samples of a
+direction come from one posterior, whose re-encoding in the published code gives the same outputs;
+the running averages move as often as the published code encodes each batch (three times per paired
+step, see ``meme.nets.base.batchnorm_passes``). Evaluation runs in eval mode, on the running averages.
 ``meme.models.reference.reference_meme_loss`` computes the same quantity term by term, as written.
 """
 from __future__ import annotations
@@ -38,7 +45,7 @@ from meme.data.batch import Batch
 from meme.dists import kl_normal, log_mean_exp, mixture_normal_log_prob, normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel
-from meme.nets.base import Modality, as_float
+from meme.nets.base import Modality, as_float, batchnorm_passes
 
 DIRECTIONS = ("both", "t_supervises_s", "s_supervises_t")
 
@@ -88,8 +95,15 @@ class MEME(MultimodalModel):
     def paired_terms(self, x: tuple[Tensor, Tensor]) -> dict[tuple[int, int], dict[str, Tensor]]:
         """Per direction (a, b) (b supervises a): the per-example terms of L_{a<-b}."""
         K1 = self.K + 1
-        post = [self.mods[m].encode(x[m]) for m in range(2)]
         dirs = self._directions()
+        post = []
+        for m in range(2):
+            # BatchNorm's running averages move as in the published code, which encodes m's batch twice
+            # where m is the data (posterior, then again for the K classifier samples) and once where it
+            # is the label (conditional prior); the outputs of those passes are identical.
+            passes = 2 * any(a == m for a, _ in dirs) + any(b == m for _, b in dirs)
+            with batchnorm_passes(self.mods[m], passes):
+                post.append(self.mods[m].encode(x[m]))
         z = {}
         for a, _ in dirs:
             mu, sigma = post[a]

@@ -1,7 +1,9 @@
-"""A literal reference implementation of the MEME objective (design.md §1), for tests and benchmarks.
+"""A literal reference implementation of the MEME objective (paper eq. 1-5), for tests and benchmarks.
 
 Every term is computed as written, with ``torch.distributions``, one network call per term, in the
 order of the equations: no shared encoder passes, no batched classifier samples, no fused decoders.
+Each direction encodes its data twice (the posterior, then again for the K classifier samples) as the
+published code does, so BatchNorm's running averages move as there.
 It uses the same networks and draws the same noise as :class:`meme.models.meme.MEME` (one
 ``randn(K+1, B, L)`` per direction, mirrored direction second), so under the same seed the two
 losses agree to floating-point tolerance.
@@ -23,7 +25,7 @@ def _log_lik(model: MEME, m: int, x, z):
 
 
 def reference_direction(model: MEME, x, a: int, b: int, eps):
-    """L_{a<-b} per example, term by term."""
+    """L_{a<-b} per example, term by term; the encoders are called as often as the published code calls them."""
     mu_a, sigma_a = model.mods[a].encode(x[a])          # posterior q(z|a)
     mu_b, sigma_b = model.mods[b].encode(x[b])          # conditional prior p(z|b)
     q_z_a = Normal(mu_a, sigma_a)
@@ -32,8 +34,9 @@ def reference_direction(model: MEME, x, a: int, b: int, eps):
     log_p_a = _log_lik(model, a, x[a], z)               # log p(a|z)
     log_q_b = _log_lik(model, b, x[b], z)               # log q(b|z)
     terms = [log_q_b]
+    mu_k, sigma_k = model.mods[a].encode(x[a])          # q(z|a) again, for the K samples (as published)
     for k in range(1, model.K + 1):
-        z_k = mu_a + sigma_a * eps[k]
+        z_k = mu_k + sigma_k * eps[k]
         terms.append(_log_lik(model, b, x[b], z_k))
     log_q_b_given_a = torch.logsumexp(torch.stack(terms), 0) - math.log(model.K + 1)
     w = torch.exp(log_q_b - log_q_b_given_a).detach()

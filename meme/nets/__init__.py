@@ -1,16 +1,54 @@
-"""Networks, one module per modality (encoder + decoder + likelihood), and their registry."""
+"""Networks, one module per modality (encoder + decoder + likelihood), in families chosen by ``nets``.
+
+``FAMILIES[nets][modality]`` is the class of a modality's networks:
+
+* ``published`` (the default): the networks of the published MEME code (``thwjoy/meme``,
+  ``models/networks.py``), which produced the paper's tables;
+* ``appendix_k``: the networks of the paper's appendix K table.
+
+Every model (MEME and the baselines) builds its two modalities from the same family, like for like.
+Runs written before the family was a config key were trained with ``appendix_k``
+(``meme.config.LEGACY_DEFAULTS``).
+"""
 from __future__ import annotations
 
+from meme.errors import MemeError
 from meme.nets.base import Modality, as_float
-from meme.nets.cub import CUBCaptionModality, CUBImageModality
-from meme.nets.mnist import MNISTModality
-from meme.nets.svhn import SVHNModality
+from meme.nets.cub import CUBCaptionModality, CUBImageModality, PublishedCUBCaptionModality, PublishedCUBImageModality
+from meme.nets.mnist import MNISTModality, PublishedMNISTModality
+from meme.nets.svhn import PublishedSVHNModality, SVHNModality
 
-MODALITIES: dict[str, type[Modality]] = {
-    "mnist": MNISTModality,
-    "svhn": SVHNModality,
-    "cub_image": CUBImageModality,
-    "cub_caption": CUBCaptionModality,
+FAMILIES: dict[str, dict[str, type[Modality]]] = {
+    "published": {
+        "mnist": PublishedMNISTModality,
+        "svhn": PublishedSVHNModality,
+        "cub_image": PublishedCUBImageModality,
+        "cub_caption": PublishedCUBCaptionModality,
+    },
+    "appendix_k": {
+        "mnist": MNISTModality,
+        "svhn": SVHNModality,
+        "cub_image": CUBImageModality,
+        "cub_caption": CUBCaptionModality,
+    },
 }
 
-__all__ = ["MODALITIES", "Modality", "as_float", "MNISTModality", "SVHNModality"]
+
+def check_family(nets: str, names=()) -> None:
+    """A ``MemeError`` naming the valid families unless ``nets`` is one that has networks for all ``names``."""
+    if nets not in FAMILIES:
+        raise MemeError(f"unknown nets {nets!r}; valid: {', '.join(FAMILIES)}")
+    missing = [n for n in names if n not in FAMILIES[nets]]
+    if missing:
+        valid = [f for f, mods in FAMILIES.items() if all(n in mods for n in names)]
+        raise MemeError(f"nets {nets!r} has no networks for modality {missing[0]!r}; valid for "
+                        f"{', '.join(names)}: {', '.join(valid) or 'none'}")
+
+
+def modality_class(nets: str, name: str) -> type[Modality]:
+    check_family(nets, (name,))
+    return FAMILIES[nets][name]
+
+
+__all__ = ["FAMILIES", "Modality", "as_float", "check_family", "modality_class", "MNISTModality", "SVHNModality",
+           "PublishedMNISTModality", "PublishedSVHNModality"]

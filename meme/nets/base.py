@@ -3,12 +3,17 @@
 A ``Modality`` is the only place that knows a modality's shapes and likelihood. Models combine two of
 them and never look inside.
 
-* ``encode(x) -> (mu, sigma)``: a diagonal Gaussian over z, ``sigma = softplus(.) + sigma_floor``.
+* ``encode(x) -> (mu, sigma)``: a diagonal Gaussian over z. The floor on sigma applies by the
+  modality's ``sigma_rule``: ``"add"``, ``softplus(.) + sigma_floor`` (appendix K's networks), or
+  ``"clamp"``, ``max(softplus(.), sigma_floor)`` (the published code's ``torch.clamp(..., min=...)``,
+  which passes no gradient below the floor).
 * ``decode(z) -> params``: the likelihood's parameters (image means in [0, 1], or token logits).
   ``z`` may carry extra leading sample dimensions, ``(S, B, L)``; they are flattened for the network.
 * ``log_likelihood(x, params) -> (...,)``: summed over the modality's event dimensions.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +29,14 @@ class Modality(nn.Module):
     # decoders run faster on a few hundred latents at a time than on MEME's (K+2)*B at once, whose
     # activations no longer fit in cache. On GPUs one big call is best, so this applies to the CPU only.
     cpu_decode_chunk: int = 0
+    #: the floor on sigma when none is given, and how it applies ("add" or "clamp"; see the module docstring)
+    default_sigma_floor: float = 1e-3
+    sigma_rule: str = "add"
 
-    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3):
+    def __init__(self, latent_dim: int, sigma_floor: float | None = None):
         super().__init__()
         self.latent_dim = latent_dim
-        self.sigma_floor = sigma_floor
+        self.sigma_floor = self.default_sigma_floor if sigma_floor is None else sigma_floor
 
     # subclasses provide these three
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (mu, pre-softplus sigma)
@@ -51,6 +59,8 @@ class Modality(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, raw = self._encode(x)
+        if self.sigma_rule == "clamp":
+            return mu, F.softplus(raw).clamp(min=self.sigma_floor)
         return mu, F.softplus(raw) + self.sigma_floor
 
     def decode(self, z: Tensor) -> Tensor:
@@ -67,7 +77,7 @@ class Modality(nn.Module):
 class LaplaceImageModality(Modality):
     """An image (or feature vector) modality with a fixed-scale Laplace likelihood."""
 
-    def __init__(self, latent_dim: int, sigma_floor: float = 1e-3, llik_scale: float = 1.0):
+    def __init__(self, latent_dim: int, sigma_floor: float | None = None, llik_scale: float = 1.0):
         super().__init__(latent_dim, sigma_floor)
         self.llik_scale = llik_scale
 
@@ -81,3 +91,27 @@ def as_float(x: Tensor) -> Tensor:
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
     return x
+
+
+@contextmanager
+def batchnorm_passes(module: nn.Module, n: int):
+    """Inside this block, one training-mode pass of ``module`` moves its BatchNorm running statistics
+    exactly as ``n`` passes of the same batch would.
+
+    The published MEME code encodes the same batch up to three times per step (the posterior, again
+    for the K classifier samples, and as the other direction's conditional prior); each pass sees the
+    same batch statistics, so its outputs are identical, but each moves the running averages once more:
+    ``r <- (1 - m) r + m s`` applied ``n`` times is one update with momentum ``1 - (1 - m)^n``. The
+    fast path encodes once and uses this; the batch counter advances by ``n`` as well.
+    """
+    bns = [b for b in module.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)
+           and b.training and b.track_running_stats and b.momentum is not None] if n > 1 else []
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.momentum = 1.0 - (1.0 - b.momentum) ** n
+    try:
+        yield
+    finally:
+        for b, m in zip(bns, saved):
+            b.momentum = m
+            b.num_batches_tracked.add_(n - 1)

@@ -1,4 +1,19 @@
-"""CUB networks (paper appendix K): ResNet-101 image features and captions.
+"""CUB networks: ResNet-101 image features and captions, two families (``nets`` in the config).
+
+The classes below without a prefix are appendix K's table; ``Published*`` are the networks of the
+published MEME code's CUB models (``FeatsEnc``/``FeatsDec`` and ``TextEncoder``/``TextDecoder`` in
+``models/networks.py``, kept there commented out), the default. They differ from appendix K in:
+
+* sigma: ``max(softplus(.), floor)`` with floors 1e-4 (image features) and 1e-3 (captions), instead of
+  ``softplus(.) + 1e-3``;
+* captions: the 1x4 stages keep 128 channels (128 -> 128 -> 128, not 256 -> 512); no convolution has a
+  bias; the decoder's first upconv has BatchNorm too; ``<pad>`` embeds to zero (``padding_idx``); and the
+  logits come from their own linear layer 128 -> V (``toVocabSize``), not from the transposed word
+  embedding. The MMVAE code's caption networks (``vae_cub_sent.py``) have the same layers as the
+  published MEME ones, but tie that linear layer's weight to the embedding, as appendix K's do here;
+  its sigma is ``softplus(.) + 1e-6``.
+
+The image-feature layers (FC 1024 / 512 / 256, ELU) are the same in both families.
 
 **Image features** (2048-d), Laplace likelihood with the fixed scale ``llik_scale``:
 
@@ -56,7 +71,7 @@ class CUBImageModality(LaplaceImageModality):
     name = "cub_image"
     event_shape = (2048,)
 
-    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 1.0,
+    def __init__(self, latent_dim: int = 64, sigma_floor: float | None = None, llik_scale: float = 1.0,
                  feature_dim: int = 2048):
         super().__init__(latent_dim, sigma_floor, llik_scale)
         if feature_dim != 2048:
@@ -74,21 +89,30 @@ class CUBImageModality(LaplaceImageModality):
         return self.dec(z)
 
 
-def _conv(cin, cout, k, s, p, bn=True):
-    layers = [nn.Conv2d(cin, cout, k, s, p, bias=not bn)]
+class PublishedCUBImageModality(CUBImageModality):
+    """The published code's image-feature networks (``FeatsEnc``/``FeatsDec``): sigma clamped at 1e-4."""
+
+    sigma_rule = "clamp"
+    default_sigma_floor = 1e-4
+
+
+def _conv(cin, cout, k, s, p, bn=True, bias=None):
+    layers = [nn.Conv2d(cin, cout, k, s, p, bias=not bn if bias is None else bias)]
     return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU(inplace=True)]
 
 
-def _upconv(cin, cout, k, s, p, bn=True):
-    layers = [nn.ConvTranspose2d(cin, cout, k, s, p, bias=not bn)]
+def _upconv(cin, cout, k, s, p, bn=True, bias=None):
+    layers = [nn.ConvTranspose2d(cin, cout, k, s, p, bias=not bn if bias is None else bias)]
     return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU(inplace=True)]
 
 
 class CUBCaptionModality(Modality):
     name = "cub_caption"
     event_shape = (MAX_LEN,)
+    #: the published family's switches (see the module docstring); appendix K's values here
+    published = False
 
-    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 1.0,
+    def __init__(self, latent_dim: int = 64, sigma_floor: float | None = None, llik_scale: float = 1.0,
                  vocab_size: int = VOCAB_SIZE, max_len: int = MAX_LEN, embedding_dim: int = EMBEDDING_DIM,
                  pad_index: int = PAD_INDEX):
         super().__init__(latent_dim, sigma_floor)
@@ -101,25 +125,30 @@ class CUBCaptionModality(Modality):
             raise MemeError(f"pad_index={pad_index} is outside the vocabulary of {vocab_size}")
         self.vocab_size, self.max_len, self.embedding_dim, self.pad_index = vocab_size, max_len, embedding_dim, pad_index
         self.event_shape = (max_len,)
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        wide = [256, 512] + [512] * (int(stages) - 2)   # 1x4 stages: 256, 512 (then 512 for E > 128)
+        pub = self.published
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_index if pub else None)
+        # 1x4 stages: appendix K 256, 512 (then 512 for E > 128); published 128 throughout
+        wide = [128] * int(stages) if pub else [256, 512] + [512] * (int(stages) - 2)
         enc = _conv(1, 32, 4, 2, 1) + _conv(32, 64, 4, 2, 1) + _conv(64, 128, 4, 2, 1)
         cin = 128
         for c in wide:
             enc += _conv(cin, c, (1, 4), (1, 2), (0, 1))
             cin = c
         self.enc = nn.Sequential(*enc)
-        self.enc_mu = nn.Conv2d(cin, latent_dim, 4, 1, 0)
-        self.enc_sigma = nn.Conv2d(cin, latent_dim, 4, 1, 0)
-        dec = _upconv(latent_dim, wide[-1], 4, 1, 0, bn=False)
+        self.enc_mu = nn.Conv2d(cin, latent_dim, 4, 1, 0, bias=not pub)
+        self.enc_sigma = nn.Conv2d(cin, latent_dim, 4, 1, 0, bias=not pub)
+        dec = _upconv(latent_dim, wide[-1], 4, 1, 0, bn=pub)
         outs = wide[::-1][1:] + [128]
         cin = wide[-1]
         for c in outs:
             dec += _upconv(cin, c, (1, 4), (1, 2), (0, 1))
             cin = c
-        dec += _upconv(128, 64, 4, 2, 1) + _upconv(64, 32, 4, 2, 1) + _upconv(32, 1, 4, 2, 1, bn=False)
+        dec += _upconv(128, 64, 4, 2, 1) + _upconv(64, 32, 4, 2, 1) + _upconv(32, 1, 4, 2, 1, bn=False, bias=not pub)
         self.dec = nn.Sequential(*dec)
-        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        if pub:
+            self.to_vocab = nn.Linear(embedding_dim, vocab_size)   # toVocabSize, its own weights
+        else:
+            self.out_bias = nn.Parameter(torch.zeros(vocab_size))
 
     # ------------------------------------------------------------- MEME hooks
     @property
@@ -145,6 +174,8 @@ class CUBCaptionModality(Modality):
 
     def _decode(self, z: Tensor) -> Tensor:
         h = self.dec(z[:, :, None, None]).squeeze(1)                   # (N, 32, E)
+        if self.published:
+            return self.to_vocab(h)
         return h @ self.embedding.weight.to(h.dtype).t() + self.out_bias.to(h.dtype)   # transposed word embedding
 
     def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
@@ -156,3 +187,11 @@ class CUBCaptionModality(Modality):
     def tokens(params: Tensor) -> Tensor:
         """The most likely caption of decoder logits."""
         return params.argmax(-1)
+
+
+class PublishedCUBCaptionModality(CUBCaptionModality):
+    """The published code's caption networks (``TextEncoder``/``TextDecoder``): see the module docstring."""
+
+    published = True
+    sigma_rule = "clamp"
+    default_sigma_floor = 1e-3

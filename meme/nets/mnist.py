@@ -1,19 +1,37 @@
-"""MNIST networks (paper appendix K): 784 -> FC 400 ReLU -> FC L (mu), FC L (sigma); mirror with sigmoid."""
+"""MNIST networks, two families (``nets`` in the config).
+
+**published** (the published MEME code, ``MLPEncoder`` / ``MLPDecoder``; the default), L = latent size:
+
+* encoder: 784 -> FC 512, ELU -> FC 512, softplus -> FC L (mu), FC L (sigma = max(softplus(.), 1e-3));
+* decoder: L -> FC 512, ReLU -> FC 512, ReLU -> FC 784, sigmoid.
+
+**appendix_k** (the paper's appendix K table): 784 -> FC 400, ReLU -> FC L (mu), FC L
+(sigma = softplus(.) + 1e-3); decoder L -> FC 400, ReLU -> FC 784, sigmoid.
+
+Both take (N, 1, 28, 28) images and sum a fixed-scale Laplace log-likelihood over the 784 pixels (the
+published code flattens the images to 784 first; the sum is the same).
+"""
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from meme.nets.base import LaplaceImageModality
 
-HIDDEN = 400
+HIDDEN = 400            # appendix K
+PUBLISHED_HIDDEN = 512  # the published code's hidden_dim=[512, 512]
 
 
 class MNISTModality(LaplaceImageModality):
+    """Appendix K's MNIST networks."""
+
     name = "mnist"
     event_shape = (1, 28, 28)
 
-    def __init__(self, latent_dim: int = 64, sigma_floor: float = 1e-3, llik_scale: float = 1.0):
+    def __init__(self, latent_dim: int = 64, sigma_floor: float | None = None, llik_scale: float = 1.0):
         super().__init__(latent_dim, sigma_floor, llik_scale)
+        self._build(latent_dim)
+
+    def _build(self, latent_dim: int) -> None:
         self.enc_hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU(inplace=True))
         self.enc_mu = nn.Linear(HIDDEN, latent_dim)
         self.enc_sigma = nn.Linear(HIDDEN, latent_dim)
@@ -27,3 +45,20 @@ class MNISTModality(LaplaceImageModality):
 
     def _decode(self, z: Tensor) -> Tensor:
         return self.dec(z).view(-1, *self.event_shape)
+
+
+class PublishedMNISTModality(MNISTModality):
+    """The published code's MNIST networks (two hidden layers of 512; sigma clamped at 1e-3)."""
+
+    sigma_rule = "clamp"
+    default_sigma_floor = 1e-3
+
+    def _build(self, latent_dim: int) -> None:
+        h = PUBLISHED_HIDDEN
+        self.enc_hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, h), nn.ELU(), nn.Linear(h, h), nn.Softplus())
+        self.enc_mu = nn.Linear(h, latent_dim)
+        self.enc_sigma = nn.Linear(h, latent_dim)
+        self.dec = nn.Sequential(
+            nn.Linear(latent_dim, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True),
+            nn.Linear(h, 784), nn.Sigmoid(),
+        )
