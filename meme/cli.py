@@ -27,8 +27,10 @@ def _config_from_args(args) -> "TrainConfig":  # noqa: F821
 def cmd_train(args) -> int:
     from meme.train import train
 
+    from meme.paths import check_dir_target
+
     cfg = _config_from_args(args)
-    out = Path(args.out)
+    out = check_dir_target(args.out, "--out")
     last = None
     for metrics in train(cfg, out, resume=not args.no_resume, progress=not args.quiet):
         last = metrics
@@ -44,7 +46,14 @@ def cmd_data(args) -> int:
     from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
     from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
 
-    root = resolve_data_dir(args.data_dir)
+    from meme.paths import check_dir_target
+
+    root = check_dir_target(resolve_data_dir(args.data_dir), "--data-dir")
+    for flag, n in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+        if n is not None and args.what == "download":
+            raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to download")
+        if n is not None and n < 10:
+            raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
     if args.what == "download":
         for split in ("train", "test"):
             x, _ = load_mnist(root, split, download=True)
@@ -52,7 +61,7 @@ def cmd_data(args) -> int:
             x, _ = load_svhn(root, split, download=True)
             print(f"SVHN {split}: {x.shape[0]} images in {root / 'SVHN'}")
     elif args.what == "svhn-standin":
-        sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}
+        sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}  # None: SVHN's
         for p in write_svhn_standin(root, sizes, seed=args.seed):
             print(f"wrote {p} (synthetic SVHN-format stand-in)")
     elif args.what == "synthetic":
@@ -85,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         "MNIST-format + SVHN-format dataset for tests and first tries."))
     d.add_argument("what", choices=["download", "svhn-standin", "synthetic"])
     d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
-    d.add_argument("--n-train", type=int, default=0, help="generated training examples")
-    d.add_argument("--n-test", type=int, default=0, help="generated test examples")
+    d.add_argument("--n-train", type=int, default=None, help="generated training examples, at least 10 "
+                   "(default: 600 for synthetic, SVHN's 73,257 for svhn-standin)")
+    d.add_argument("--n-test", type=int, default=None, help="generated test examples, at least 10 "
+                   "(default: 200 for synthetic, SVHN's 26,032 for svhn-standin)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_data)
 

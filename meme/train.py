@@ -220,7 +220,8 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MemeError(f"checkpoint {path} is corrupt or not a MEME checkpoint ({type(e).__name__}: {e})") from None
+        raise MemeError(f"checkpoint {path} is corrupt or not a MEME checkpoint ({_load_error(e)}); it is not "
+                        f"loaded any other way (a checkpoint is plain tensors, read with weights_only=True)") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise MemeError(f"{path} is not a checkpoint written by meme (no model/config entries)")
     return state
@@ -229,6 +230,14 @@ def load_checkpoint(path) -> dict:
 def stored_config(state: dict) -> TrainConfig:
     """The config a checkpoint was trained with (keys added since then as that run had them)."""
     return TrainConfig.from_stored(state["config"])
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's error without its advice to retry with weights_only=False (wrong for an untrusted file)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'unreadable'}"
 
 
 def check_checkpoint(state: dict, model_name: str | None, modalities, source: str, nets: str | None = None) -> None:

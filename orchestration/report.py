@@ -7,7 +7,13 @@ draws what the study file's ``report`` section asks for, from the study YAML sto
 * figures: one panel per metric, the metric's final value against a config key (e.g. the supervision
   rate), one line per series (e.g. model and observed modality), mean +- std over the other keys (the
   seeds), e.g. Fig. 5, 7, 21 and 22;
-* tables: mean +- std of metrics per row key combination, as Markdown and CSV (appendix H, Table 2).
+* tables: mean +- std of metrics per row key combination, as Markdown and CSV (appendix H, Table 2);
+* claims: for each relative claim of the paper the study names (``report.claims``), whether it holds on
+  these runs: the mean of one side against the other's, in every group (e.g. every supervision rate),
+  with "within seed noise" where the gap is smaller than the two sides' standard deviations combined
+  (``claims.md``, ``claims.csv``).
+
+Figures and tables may use only some of the runs (``where``).
 
 Files go to ``--out`` (default ``runs/reports/<parent run name>/``) and to the parent run's artifacts
 under ``report/``. Only finished child runs count (failed or interrupted ones are listed and skipped).
@@ -26,8 +32,9 @@ from pathlib import Path
 
 from meme.config import TrainConfig
 from meme.errors import MemeError
-from orchestration.study import FigureSpec, Study, TableSpec, load_study, parse_study
-from orchestration.tracking import PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, child_runs, client_for
+from orchestration.study import ClaimSide, ClaimSpec, FigureSpec, Study, TableSpec, load_study, parse_study
+from orchestration.tracking import (PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, check_reachable, child_runs,
+                                    client_for)
 
 log = logging.getLogger("orchestration.report")
 
@@ -64,6 +71,10 @@ def find_parent(client, study: str, experiment: str | None, run_id: str | None):
     name = experiment or study
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        from orchestration.study import study_names
+
+        if experiment is None and study not in study_names():
+            raise MemeError(f"unknown study {study!r}; valid: {', '.join(study_names())} (or a study YAML file)")
         raise MemeError(f"no MLflow experiment {name!r} at this tracking URI; run the study first "
                         f"(sweep.py --study {study}) or pass --tracking-uri / --experiment")
     runs = client.search_runs([exp.experiment_id], filter_string=(
@@ -102,6 +113,19 @@ def load_records(client, parent) -> tuple[list[RunRecord], list[str]]:
 
 
 # ------------------------------------------------------------- aggregates
+def select(records: list[RunRecord], where: tuple) -> list[RunRecord]:
+    """The records whose config has every (key, value) of ``where``."""
+    return [r for r in records if all(r.config.get(k) == v for k, v in where)]
+
+
+def run_value(r: RunRecord, metric: str) -> float | None:
+    """A metric of one run, or the difference ``m1 - m2`` of two."""
+    parts = [p.strip() for p in metric.split(" - ")]
+    if not all(p in r.metrics for p in parts):
+        return None
+    return r.metrics[parts[0]] - (r.metrics[parts[1]] if len(parts) == 2 else 0.0)
+
+
 def mean_std(values: list[float]) -> tuple[float, float, int]:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     n = len(vals)
@@ -142,6 +166,7 @@ def series_label(keys, values) -> str:
 def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Path | None:
     from matplotlib.figure import Figure
 
+    records = select(records, spec.where)
     panels = [(m, group(records, (*spec.series, spec.x), m)) for m in spec.y]
     if not any(g for _, g in panels):
         log.warning("figure %s: no finished run logged any of %s", spec.name, ", ".join(spec.y))
@@ -179,6 +204,7 @@ def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Pa
 
 def build_table(spec: TableSpec, records: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Header and rows for Markdown (mean ± std (n)), and the same as CSV dicts (mean, std, n separately)."""
+    records = select(records, spec.where)
     groups = {m: group(records, spec.rows, m) for m in spec.columns}
     keys = sorted({k for g in groups.values() for k in g}, key=lambda k: tuple(map(_sort_key, k)))
     header = [*spec.rows, *spec.columns]
@@ -214,6 +240,80 @@ def write_table(spec: TableSpec, records: list[RunRecord], out_dir: Path) -> lis
     return [md_path, csv_path]
 
 
+def _side(side: ClaimSide, records: list[RunRecord], per: tuple, key: tuple) -> tuple[float, float, int]:
+    if side.value is not None:
+        return side.value, 0.0, 0
+    runs = [r for r in select(records, side.where) if tuple(r.config.get(k) for k in per) == key]
+    return mean_std([run_value(r, side.metric) for r in runs])
+
+
+def _side_text(side: ClaimSide) -> str:
+    if side.value is not None:
+        return f"{side.value:g}"
+    where = ", ".join(f"{k}={fmt_value(k, v)}" for k, v in side.where)
+    return f"{side.metric} [{where}]" if where else side.metric
+
+
+def evaluate_claim(spec: ClaimSpec, records: list[RunRecord]) -> tuple[str, list[dict]]:
+    """The verdict on one claim (holds | holds, within seed noise | does not hold | no runs) and one row per group.
+
+    In a group the claim holds if mean(a) > mean(b); "within seed noise" if the gap is smaller than
+    sqrt(sd_a^2 + sd_b^2). The claim holds if it holds in every group.
+    """
+    sides = [r for side in (spec.a, spec.b) if side.value is None for r in select(records, side.where)]
+    keys = sorted({tuple(r.config.get(k) for k in spec.per) for r in sides}, key=lambda k: tuple(map(_sort_key, k)))
+    rows = []
+    for key in keys:
+        (ma, sa, na), (mb, sb, nb) = _side(spec.a, records, spec.per, key), _side(spec.b, records, spec.per, key)
+        if na == 0 or (spec.b.value is None and nb == 0):
+            verdict = "no runs"
+        elif ma > mb:
+            verdict = "holds" if ma - mb >= math.hypot(sa, sb) else "holds, within seed noise"
+        else:
+            verdict = "does not hold"
+        rows.append({"claim": spec.name, **{k: v for k, v in zip(spec.per, key)}, "a_mean": ma, "a_std": sa, "a_n": na,
+                     "b_mean": mb, "b_std": sb, "b_n": nb, "verdict": verdict})
+    verdicts = {r["verdict"] for r in rows}
+    if not rows or verdicts == {"no runs"}:
+        overall = "no runs"
+    elif "does not hold" in verdicts:
+        overall = "does not hold"
+    elif "no runs" in verdicts:
+        overall = "incomplete"
+    elif "holds, within seed noise" in verdicts:
+        overall = "holds, within seed noise"
+    else:
+        overall = "holds"
+    return overall, rows
+
+
+def write_claims(claims: tuple, records: list[RunRecord], out_dir: Path) -> list[Path]:
+    if not claims:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = ["### The paper's relative claims on these runs", "",
+          "| claim | verdict | group | a: mean ± std (n) | b: mean ± std (n) |", "|---|---|---|---|---|"]
+    csv_rows = []
+    for spec in claims:
+        overall, rows = evaluate_claim(spec, records)
+        md.append(f"| **{spec.text}** | **{overall}** | | {_side_text(spec.a)} | {_side_text(spec.b)} |")
+        for r in rows:
+            group_txt = ", ".join(f"{k}={fmt_value(k, r[k])}" for k in spec.per) or "all runs"
+            b = f"{r['b_mean']:.4f}" if spec.b.value is not None else f"{r['b_mean']:.4f} ± {r['b_std']:.4f} ({r['b_n']})"
+            md.append(f"| | {r['verdict']} | {group_txt} | {r['a_mean']:.4f} ± {r['a_std']:.4f} ({r['a_n']}) | {b} |")
+            csv_rows.append({**r, "group": group_txt, "overall": overall})
+    md_path = out_dir / "claims.md"
+    md_path.write_text("\n".join(md) + "\n\nA claim holds where mean(a) > mean(b) in every group; within seed noise where "
+                       "the gap is below sqrt(std_a^2 + std_b^2).\n")
+    csv_path = out_dir / "claims.csv"
+    fieldnames = ["claim", "group", "verdict", "overall", "a_mean", "a_std", "a_n", "b_mean", "b_std", "b_n"]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(csv_rows)
+    return [md_path, csv_path]
+
+
 def default_specs(study: Study) -> tuple[tuple, tuple]:
     """Without a report section: one table of the study's metric per varying keys."""
     rows = tuple(k for k in study.varying_keys() if k != "seed") or ("model",)
@@ -221,17 +321,19 @@ def default_specs(study: Study) -> tuple[tuple, tuple]:
 
 
 def make_report(study: Study, records: list[RunRecord], out_dir: Path) -> list[Path]:
-    figures, tables = (study.figures, study.tables) if (study.figures or study.tables) else default_specs(study)
+    own = study.figures or study.tables or study.claims
+    figures, tables = (study.figures, study.tables) if own else default_specs(study)
     files = [p for spec in figures if (p := draw_figure(spec, records, out_dir)) is not None]
     for spec in tables:
         files += write_table(spec, records, out_dir)
-    return files
+    return files + write_claims(study.claims, records, out_dir)
 
 
 def report(study_name: str, tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
            out: str | None = None, log_to_mlflow: bool = True) -> tuple[list[Path], list[str]]:
     if study_name.endswith((".yaml", ".yml")):   # a study given as a file is tracked under its stem
         study_name = Path(study_name).stem
+    check_reachable(tracking_uri)   # the same check as sweep.py: one line, not minutes of retries
     client = client_for(tracking_uri)
     parent = find_parent(client, study_name, experiment, run_id)
     if parent.data.tags.get(TAG_ROLE) != "study" or PARENT_TAG in parent.data.tags:

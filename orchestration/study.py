@@ -20,6 +20,12 @@ A study file states (``?`` marks optional keys)::
     report:                           # ? what report.py regenerates
       figures: [{name: fig5, x: supervision, y: [coherence_mnist_to_svhn], series: [observed], logx: true}]
       tables: [{name: appendix_h, rows: [observed, supervision], columns: [coherence_mnist_to_svhn]}]
+      # figures and tables take ``where: {key: value}`` to use only the runs with those config values
+      claims:                         # ? a relative claim: mean of a > mean of b, in every group of ``per``
+        - {name: meme_beats_mvae, text: "MEME beats MVAE at every f", per: [supervision],
+           a: {where: {model: meme}, metric: coherence_cross_mean},
+           b: {where: {model: mvae}, metric: coherence_cross_mean}}   # b may be {value: 0}; a metric may
+                                      #   be a difference of two: "latent_acc_mnist - latent_acc_svhn"
 
 Every mistake is a ``MemeError`` naming the file, the key and what is valid. Model and dataset names are
 checked against the registries (``meme.models.MODELS``, ``meme.data.DATASETS``) at load time, by
@@ -68,6 +74,7 @@ class FigureSpec:
     series: tuple[str, ...] = ()
     title: str = ""
     logx: bool = False
+    where: tuple = ()                        # ((config key, value), ...): only the runs with these values
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,24 @@ class TableSpec:
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     title: str = ""
+    where: tuple = ()
+
+
+@dataclass(frozen=True)
+class ClaimSide:
+    where: tuple = ()                        # ((config key, value), ...)
+    metric: str = ""                         # a metric, or "m1 - m2" (per run); "" with value
+    value: float | None = None               # a constant instead of runs
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A relative claim of the paper: the mean of ``a`` exceeds the mean of ``b`` in every group of ``per``."""
+    name: str
+    text: str
+    a: ClaimSide
+    b: ClaimSide
+    per: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,7 @@ class Study:
     synthetic_data: dict | None = None       # {"n_train", "n_test", "seed"}
     figures: tuple = ()
     tables: tuple = ()
+    claims: tuple = ()
 
     # ------------------------------------------------------------ trials
     def points(self) -> list[dict]:
@@ -310,6 +336,7 @@ class _Validator:
         self.config("base", {**base, "epochs": epochs})
         grid = self.grid(doc.get("grid"), base, epochs)
         search = self.search(doc.get("search") or {}, base, grid, epochs)
+        self.known_metric(metric, base, grid)
         searcher = self.searcher(doc.get("searcher"), search, grid)
         scheduler = self.scheduler(doc.get("scheduler"))
         if (searcher or scheduler) and not is_per_epoch_metric(metric, int(base.get("eval_every", 0))):
@@ -318,10 +345,22 @@ class _Validator:
                                 f"metric: loss")
         resources = self.resources(doc.get("resources"))
         eval_cfg = self.eval(doc.get("eval"))
-        figures, tables = self.report(doc.get("report"))
+        figures, tables, claims = self.report(doc.get("report"))
         return Study(name=name, path=self.path, text=text, description=description, metric=metric, mode=mode,
                      epochs=epochs, base=base, grid=grid, search=search, searcher=searcher, scheduler=scheduler,
-                     resources=resources, eval=eval_cfg, synthetic_data=synthetic, figures=figures, tables=tables)
+                     resources=resources, eval=eval_cfg, synthetic_data=synthetic, figures=figures, tables=tables,
+                     claims=claims)
+
+    def known_metric(self, metric: str, base: dict, grid: tuple) -> None:
+        """``metric`` is one that trials of every dataset in the study report (``meme.metrics``)."""
+        from meme import metrics
+        from meme.data import get_dataset
+
+        datasets = {base.get("dataset", TrainConfig.dataset)} | {d for g in grid for d in g.get("dataset", ())}
+        for ds in sorted(datasets):
+            names = get_dataset(ds).names
+            if not metrics.is_known(metric, names):
+                self.fail("metric", metrics.unknown_message(metric, names))
 
     def grid(self, v, base, epochs) -> tuple:
         if v is None:
@@ -474,8 +513,8 @@ class _Validator:
 
     def report(self, v):
         if v is None:
-            return (), ()
-        v = self.mapping("report", v, ("figures", "tables"))
+            return (), (), ()
+        v = self.mapping("report", v, ("figures", "tables", "claims"))
         figures, tables, names = [], [], set()
         for kind, items in (("figures", v.get("figures") or []), ("tables", v.get("tables") or [])):
             if not isinstance(items, list):
@@ -483,13 +522,10 @@ class _Validator:
             for i, item in enumerate(items):
                 key = f"report.{kind}[{i}]"
                 if kind == "figures":
-                    item = self.mapping(key, item, ("name", "title", "x", "y", "series", "logx"), ("name", "x", "y"))
+                    item = self.mapping(key, item, ("name", "title", "x", "y", "series", "logx", "where"), ("name", "x", "y"))
                 else:
-                    item = self.mapping(key, item, ("name", "title", "rows", "columns"), ("name", "rows", "columns"))
-                name = self.str_(f"{key}.name", item["name"], pattern=_NAME)
-                if name in names:
-                    self.fail(f"{key}.name", f"{name!r} is used twice; figure and table names must be unique")
-                names.add(name)
+                    item = self.mapping(key, item, ("name", "title", "rows", "columns", "where"), ("name", "rows", "columns"))
+                name = self.unique_name(f"{key}.name", item["name"], names)
                 title = item.get("title", "")
                 if not isinstance(title, str):
                     self.fail(f"{key}.title", f"must be a string, got {title!r}")
@@ -497,6 +533,7 @@ class _Validator:
                 metrics = item[metrics_key]
                 if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) and m for m in metrics):
                     self.fail(f"{key}.{metrics_key}", f"must be a non-empty list of metric names, got {metrics!r}")
+                where = self.where(f"{key}.where", item.get("where"))
                 if kind == "figures":
                     if item["x"] not in _FIELD_TYPES:
                         self.fail(f"{key}.x", f"unknown config key {item['x']!r}; valid keys: {', '.join(TrainConfig.keys())}")
@@ -504,10 +541,54 @@ class _Validator:
                     if not isinstance(logx, bool):
                         self.fail(f"{key}.logx", f"must be true or false, got {logx!r}")
                     figures.append(FigureSpec(name, item["x"], tuple(metrics),
-                                              self.config_keys(f"{key}.series", item.get("series", []), True), title, logx))
+                                              self.config_keys(f"{key}.series", item.get("series", []), True), title, logx,
+                                              where))
                 else:
-                    tables.append(TableSpec(name, self.config_keys(f"{key}.rows", item["rows"]), tuple(metrics), title))
-        return tuple(figures), tuple(tables)
+                    tables.append(TableSpec(name, self.config_keys(f"{key}.rows", item["rows"]), tuple(metrics), title,
+                                            where))
+        claims = v.get("claims") or []
+        if not isinstance(claims, list):
+            self.fail("report.claims", f"must be a list, got {claims!r}")
+        out = []
+        for i, item in enumerate(claims):
+            key = f"report.claims[{i}]"
+            item = self.mapping(key, item, ("name", "text", "a", "b", "per"), ("name", "text", "a", "b"))
+            name = self.unique_name(f"{key}.name", item["name"], names)
+            text = self.str_(f"{key}.text", item["text"])
+            per = self.config_keys(f"{key}.per", item.get("per", []), True)
+            out.append(ClaimSpec(name, text, self.claim_side(f"{key}.a", item["a"], constant=False),
+                                 self.claim_side(f"{key}.b", item["b"], constant=True), per))
+        return tuple(figures), tuple(tables), tuple(out)
+
+    def unique_name(self, key, v, names: set) -> str:
+        name = self.str_(key, v, pattern=_NAME)
+        if name in names:
+            self.fail(key, f"{name!r} is used twice; figure, table and claim names must be unique")
+        names.add(name)
+        return name
+
+    def where(self, key, v) -> tuple:
+        if v is None:
+            return ()
+        v = self.mapping(key, v)
+        for k in v:
+            if k not in _FIELD_TYPES:
+                self.fail(f"{key}.{k}", f"unknown config key; valid keys: {', '.join(TrainConfig.keys())}")
+        return tuple(sorted(v.items()))
+
+    def claim_side(self, key, v, constant: bool) -> ClaimSide:
+        v = self.mapping(key, v, ("where", "metric", "value") if constant else ("where", "metric"))
+        if "value" in v:
+            if set(v) != {"value"} or not _is_num(v["value"]):
+                self.fail(key, f"a constant side is {{value: NUMBER}} alone, got {v!r}")
+            return ClaimSide(value=float(v["value"]))
+        if "metric" not in v:
+            self.fail(f"{key}.metric", "missing (required)")
+        metric = self.str_(f"{key}.metric", v["metric"])
+        parts = [p.strip() for p in metric.split(" - ")]
+        if len(parts) > 2 or not all(parts):
+            self.fail(f"{key}.metric", f"a metric name or 'METRIC - METRIC', got {metric!r}")
+        return ClaimSide(where=self.where(f"{key}.where", v.get("where")), metric=metric)
 
 
 def check_gpus(gpu, fail) -> None:

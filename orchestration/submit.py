@@ -172,6 +172,10 @@ def check_study_args(opts: argparse.Namespace) -> None:
     """What a study needs on a cluster, checked before anything is sent: storage and tracking all nodes reach."""
     if not opts.study:
         raise MemeError("no --study given; e.g. --study smoke (the studies are search_spaces/*.yaml)")
+    if opts.resume is None:   # validated here, the same way sweep.py will there (a study file travels too)
+        from orchestration.study import load_study
+
+        load_study(opts.study)
     if not opts.storage:
         raise MemeError("a study on a cluster needs --storage: s3://bucket/path (or gs://...), or an absolute path "
                         "mounted at the same place on every node (NFS) with --shared-storage")

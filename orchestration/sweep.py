@@ -56,7 +56,11 @@ def is_uri(path: str) -> bool:
 
 def resolve_storage(storage: str | None) -> str:
     s = storage or default_storage()
-    return s.rstrip("/") if is_uri(s) else str(Path(s.removeprefix("file://")).expanduser().resolve())
+    if is_uri(s):
+        return s.rstrip("/")
+    from meme.paths import check_dir_target
+
+    return str(check_dir_target(Path(s.removeprefix("file://")).expanduser(), "--storage").resolve())
 
 
 def _fs(storage: str):
@@ -160,6 +164,30 @@ def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
 
 
 # ------------------------------------------------------------------- Ray
+def ray_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else $RAY_ADDRESS (a Ray Jobs entrypoint, `ray job submit -- python
+    orchestration/sweep.py ...`, runs with it set to its cluster), else None (a private local Ray)."""
+    return address if address is not None else (os.environ.get("RAY_ADDRESS") or None)
+
+
+def check_ray_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A clear error within ``timeout`` when nothing listens at a HOST:PORT Ray address (``ray.init`` would
+    retry for minutes); "auto", "local" and other forms are left to Ray."""
+    import socket
+
+    if address is None:
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise MemeError(f"cannot reach Ray at {address} ({e.strerror or e}); start the cluster (ray start --head) "
+                        f"or give another --address") from None
+
+
 def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose: bool) -> bool:
     """Connect to Ray (or start a local instance); True when this call started it."""
     import ray
@@ -170,10 +198,8 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose
     if not verbose:  # the study's own progress replaces Tune's console output
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
-    if address is None and os.environ.get("RAY_ADDRESS"):
-        # a Ray Jobs entrypoint (`ray job submit -- python orchestration/sweep.py ...`) runs with RAY_ADDRESS
-        # set to its cluster: join it rather than starting a private one-node Ray
-        address = os.environ["RAY_ADDRESS"]
+    address = ray_address(address)
+    check_ray_reachable(address)
     try:
         if address is None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
@@ -557,6 +583,7 @@ def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, 
     from orchestration import tracking
 
     tracking.check_reachable(tracking_uri)
+    check_ray_reachable(ray_address(args.address))   # before the minutes of classifier training
     classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)
     started = init_ray(args.address, args.num_cpus, args.dashboard, args.verbose)
     try:

@@ -64,16 +64,36 @@ def load_mnist(data_dir, split: str = "train", download: bool = True) -> tuple[T
             ) from None
     elif missing:
         raise MemeError(f"MNIST file {raw / missing[0]} is missing; run with download enabled or copy the IDX files into {raw}")
-    try:  # torchvision's IDX readers, on exactly the split's two files
-        from torchvision.datasets.mnist import read_image_file, read_label_file
-
-        images = read_image_file(str(raw / MNIST_FILES[split][0]))
-        labels = read_label_file(str(raw / MNIST_FILES[split][1]))
-    except Exception as e:
-        raise MemeError(f"MNIST files in {raw} are corrupt or truncated ({type(e).__name__}: {e}); delete them and download again") from None
+    images = read_idx(raw / MNIST_FILES[split][0], ndim=3)
+    labels = read_idx(raw / MNIST_FILES[split][1], ndim=1)
     if images.dim() != 3 or images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
         raise MemeError(f"MNIST files in {raw} have images {tuple(images.shape)} and labels {tuple(labels.shape)}; expected (N, 28, 28) and (N,)")
     return images.to(torch.uint8).contiguous(), labels.long()
+
+
+def read_idx(path: Path, ndim: int) -> Tensor:
+    """An unsigned-byte IDX file (MNIST's format): magic 0x00 0x00 0x08 ndim, ndim big-endian int32 sizes, the
+    bytes. Each fault names the file: a wrong magic number, a wrong rank, or a size that does not match."""
+    path = Path(path)
+    fix = "delete it and download again (or copy the original file)"
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MemeError(f"cannot read MNIST file {path} ({e.strerror})") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise MemeError(f"MNIST file {path} is not an unsigned-byte IDX file (magic number {raw[:4].hex() or 'missing'}, "
+                        f"expected 000008{ndim:02x}); {fix}")
+    if raw[3] != ndim:
+        raise MemeError(f"MNIST file {path} holds a {raw[3]}-dimensional IDX array, expected {ndim} dimensions; {fix}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise MemeError(f"MNIST file {path} is truncated inside its header ({len(raw)} bytes); {fix}")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    want = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != want:
+        raise MemeError(f"MNIST file {path} has {len(raw)} bytes, but its header ({' x '.join(map(str, dims))}) "
+                        f"needs {want}: {'truncated' if len(raw) < want else 'trailing data'}; {fix}")
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy())
 
 
 def load_svhn(data_dir, split: str = "train", download: bool = True) -> tuple[Tensor, Tensor]:

@@ -68,13 +68,11 @@ class PairedData:
 
     @classmethod
     def from_arrays(cls, name_s: str, x_s, name_t: str, x_t, labels=None) -> "PairedData":
-        xs, xt = torch.as_tensor(np.asarray(x_s)), torch.as_tensor(np.asarray(x_t))
+        xs, xt = torch.as_tensor(numeric(x_s, name_s)), torch.as_tensor(numeric(x_t, name_t))
         if xs.shape[0] != xt.shape[0]:
             raise MemeError(f"{name_s} has {xs.shape[0]} rows but {name_t} has {xt.shape[0]}; rows must pair up")
         n = xs.shape[0]
-        lab = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(np.asarray(labels)).long()
-        if lab.shape != (n,):
-            raise MemeError(f"labels have shape {tuple(lab.shape)}, expected ({n},)")
+        lab = torch.full((n,), -1, dtype=torch.long) if labels is None else class_ids(labels, n, "labels")
         ar = torch.arange(n)
         return cls((name_s, name_t), (xs, xt), (ar, ar), lab)
 
@@ -83,6 +81,8 @@ class PairedData:
                      label_column: str | None = "label") -> "PairedData":
         xs, ls = read_array_table(path_s, column, label_column)
         xt, lt = read_array_table(path_t, column, label_column)
+        if xs.shape[0] != xt.shape[0]:
+            raise MemeError(f"{path_s} has {xs.shape[0]} rows but {path_t} has {xt.shape[0]}; rows must pair up")
         if ls is not None and lt is not None and not torch.equal(ls, lt):
             bad = int((ls != lt).nonzero()[0])
             raise MemeError(f"{path_s} and {path_t} disagree on {label_column!r} at row {bad}: {int(ls[bad])} vs {int(lt[bad])}")
@@ -91,12 +91,13 @@ class PairedData:
 
 def write_array_table(path, x, labels=None, column: str = "x", label_column: str = "label") -> Path:
     """Write an (N, ...) array as a Parquet table: one fixed-size-list column plus an optional label column."""
-    arr = np.ascontiguousarray(np.asarray(x))
+    arr = np.ascontiguousarray(numeric(x, column))
     n = arr.shape[0]
+    lab = None if labels is None else class_ids(labels, n, label_column).numpy()
     flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), int(np.prod(arr.shape[1:], dtype=np.int64)))
     cols = {column: flat}
-    if labels is not None:
-        cols[label_column] = pa.array(np.asarray(labels, dtype=np.int64))
+    if lab is not None:
+        cols[label_column] = pa.array(lab)
     table = pa.table(cols).replace_schema_metadata({SHAPE_KEY: json.dumps(list(arr.shape[1:])).encode()})
     if table.num_rows != n:
         raise AssertionError("row count changed while writing")
@@ -130,10 +131,45 @@ def read_array_table(path, column: str = "x", label_column: str | None = "label"
     if SHAPE_KEY in meta:
         shape = json.loads(meta[SHAPE_KEY])
         values = values.reshape(len(col), *shape)
+    if values.dtype.kind not in "biuf":
+        raise MemeError(f"{path}: column {column!r} holds {col.type} values; it must be numeric (numbers, or lists of them)")
     labels = None
     if label_column and label_column in table.column_names:
-        labels = torch.from_numpy(table.column(label_column).to_numpy().astype(np.int64))
+        labels = class_ids(table.column(label_column).to_numpy(zero_copy_only=False), len(col),
+                           f"{path}: column {label_column!r}")
     values = np.ascontiguousarray(values)
     if not values.flags.writeable:  # a zero-copy view of the memory-mapped file
         values = values.copy()
     return torch.from_numpy(values), labels
+
+
+def numeric(x, what: str) -> np.ndarray:
+    """``x`` as a numeric (bool, integer or float) NumPy array, or a ``MemeError`` naming ``what``."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise MemeError(f"{what}: values must be numeric, got {arr.dtype} data"
+                        + (f" such as {_first(arr)!r}" if arr.size else ""))
+    if arr.ndim == 0:
+        raise MemeError(f"{what}: expected an array of rows, got a single value")
+    return arr
+
+
+def class_ids(labels, n: int, what: str) -> Tensor:
+    """Labels as int64 class ids, one per row: integers, or floats that are whole numbers; never coerced."""
+    arr = np.asarray(labels)
+    if arr.shape != (n,):
+        raise MemeError(f"{what}: labels of shape {arr.shape} for {n} rows; give one label per row, shape ({n},)")
+    if arr.dtype.kind in "iub":
+        return torch.from_numpy(arr.astype(np.int64))
+    if arr.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if bad.size:
+            raise MemeError(f"{what}: labels must be integer class ids; row {int(bad[0])} holds {float(arr[bad[0]])!r}")
+        return torch.from_numpy(arr.astype(np.int64))
+    raise MemeError(f"{what}: labels must be integer class ids, got {arr.dtype} values"
+                    + (f" such as {_first(arr)!r}" if arr.size else "") + " (map them to 0..C-1 first)")
+
+
+def _first(arr: np.ndarray):
+    v = arr.flat[0]
+    return v.item() if hasattr(v, "item") else v

@@ -68,8 +68,12 @@ def cmd_eval(args) -> int:
     from meme.eval.datasets import evaluate_run
     from meme.train import resolve_device
 
+    from meme.paths import check_dir_target
+
     if not args.checkpoint:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
+    if args.out:
+        check_dir_target(args.out, "--out")
     given = {k: getattr(args, k) for k in EvalConfig.keys() if getattr(args, k, None) is not None}
     ecfg = EvalConfig.from_dict(given)
     model, cfg, train_data, test_data = load_run(args.checkpoint, args.data_dir, args.model)

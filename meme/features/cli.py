@@ -70,7 +70,9 @@ def _standin(args) -> int:
 
 def _info(args) -> int:
     from meme.features import store as st
+    from meme.paths import check_existing_dir
 
+    check_existing_dir(args.out, "--out")
     for kind, name in st.FILES.items():
         path = Path(args.out) / name
         if not path.is_file():
