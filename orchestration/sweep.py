@@ -685,6 +685,7 @@ def _finish(study: Study, info, trials, epochs: int, wall: float, run_name: str,
         return 130
     print(f"MLflow: parent run {info.parent_run_id} in {info.uri}; figures: python orchestration/report.py "
           f"--study {study.name}", flush=True)
+    print(f"MLflow runs page: {tracking.runs_page(info.uri, info.experiment_id)}", flush=True)
     return 1 if failed else 0
 
 

@@ -123,10 +123,22 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
         if exp.lifecycle_stage == "deleted":
             raise MemeError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                             f"or pass another --experiment")
+        if EXPERIMENT_KIND not in exp.tags:   # made elsewhere (or by an older version): open it on runs too
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
         return exp.experiment_id
     # the experiment kind makes the MLflow UI open on the runs table (model training), not on traces
-    return client.create_experiment(name, artifact_location=_artifact_root(uri),
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    return client.create_experiment(name, artifact_location=_artifact_root(uri), tags={EXPERIMENT_KIND: TRAINING_KIND})
+
+
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_page(uri: str, experiment_id: str) -> str:
+    """Where the experiment's runs table (the parent run and its trials) opens in the MLflow UI."""
+    page = f"/#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page
+    return f"mlflow server --backend-store-uri {uri}, then open http://127.0.0.1:5000{page}"
 
 
 def start_parent(uri: str, experiment: str, study, run_name: str, ray_path: str, params: dict) -> TrackingInfo:
