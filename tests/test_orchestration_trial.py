@@ -159,3 +159,73 @@ def test_tables_and_figures_from_records(tmp_path):
     png = report.draw_figure(FigureSpec("f", "supervision", ("coh", "acc"), ("observed",), "t", True), RECORDS, tmp_path)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert report.draw_figure(FigureSpec("g", "supervision", ("absent",)), RECORDS, tmp_path) is None
+
+
+# ------------------------------------------------------------------- claims
+def crec(name, model, f, seed, **metrics):
+    return report.RunRecord(name, "FINISHED", {"model": model, "supervision": f, "seed": seed}, metrics)
+
+
+CLAIM_RUNS = [crec("m1", "meme", 1.0, 0, coh=0.60, a=0.9, b=0.7), crec("m2", "meme", 1.0, 1, coh=0.70, a=0.9, b=0.6),
+              crec("v1", "mvae", 1.0, 0, coh=0.30, a=0.95, b=0.2), crec("v2", "mvae", 1.0, 1, coh=0.50, a=0.9, b=0.3),
+              crec("m3", "meme", 0.25, 0, coh=0.40), crec("m4", "meme", 0.25, 1, coh=0.42),
+              crec("v3", "mvae", 0.25, 0, coh=0.41), crec("v4", "mvae", 0.25, 1, coh=0.45)]
+
+
+def _claim(text):
+    from orchestration.study import parse_study
+
+    return parse_study(MINIMAL_CLAIMS.format(claims=text), "c").claims
+
+
+MINIMAL_CLAIMS = """\
+description: claims
+metric: coherence_cross_mean
+mode: max
+epochs: 1
+report:
+  claims:
+{claims}
+"""
+
+
+def test_claims_by_hand():
+    (spec,) = _claim("""    - {name: meme_beats_mvae, text: MEME beats MVAE, per: [supervision],
+       a: {where: {model: meme}, metric: coh}, b: {where: {model: mvae}, metric: coh}}""")
+    overall, rows = report.evaluate_claim(spec, CLAIM_RUNS)
+    # f = 1/4: meme 0.41 +- 0.0141 against mvae 0.43 +- 0.0283: does not hold; f = 1: 0.65 against 0.40 holds
+    assert overall == "does not hold"
+    assert [(r["supervision"], r["verdict"]) for r in rows] == [(0.25, "does not hold"), (1.0, "holds")]
+    assert rows[1]["a_mean"] == pytest.approx(0.65) and rows[1]["b_mean"] == pytest.approx(0.40)
+    assert rows[1]["a_std"] == pytest.approx(math.sqrt(0.005)) and rows[1]["b_n"] == 2
+    # a difference of two metrics per run, against a constant; within seed noise when the gap is small
+    (gap,) = _claim("""    - {name: lopsided, text: lopsided, a: {where: {model: mvae}, metric: a - b}, b: {value: 0.6}}""")
+    overall, rows = report.evaluate_claim(gap, CLAIM_RUNS)
+    # mvae a - b over its two f = 1 runs: 0.75 and 0.60 -> mean 0.675, std 0.106 > gap 0.075
+    assert rows[0]["a_mean"] == pytest.approx(0.675) and rows[0]["a_n"] == 2
+    assert overall == "holds, within seed noise"
+    (none,) = _claim("""    - {name: none, text: none, a: {where: {model: mopoe}, metric: coh}, b: {value: 0}}""")
+    assert report.evaluate_claim(none, CLAIM_RUNS)[0] == "no runs"
+
+
+def test_claims_file_written(tmp_path):
+    specs = _claim("""    - {name: c1, text: MEME beats MVAE, per: [supervision],
+       a: {where: {model: meme}, metric: coh}, b: {where: {model: mvae}, metric: coh}}""")
+    md, csv_path = report.write_claims(specs, CLAIM_RUNS, tmp_path)
+    text = md.read_text()
+    assert "| **MEME beats MVAE** | **does not hold** | | coh [model=meme] | coh [model=mvae] |" in text
+    assert "| | holds | supervision=1 | 0.6500 ± 0.0707 (2) | 0.4000 ± 0.1414 (2) |" in text
+    assert csv_path.read_text().splitlines()[0] == "claim,group,verdict,overall,a_mean,a_std,a_n,b_mean,b_std,b_n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("    - {name: x, text: t, a: {metric: coh}}", r"report.claims\[0\].b: missing \(required\)"),
+    ("    - {name: x, text: t, a: {metric: coh, value: 1}, b: {value: 0}}", r"report.claims\[0\].a.value: unknown key; valid keys: where, metric"),
+    ("    - {name: x, text: t, a: {metric: coh}, b: {value: 0, metric: coh}}", r"report.claims\[0\].b: a constant side is \{value: NUMBER\} alone"),
+    ("    - {name: x, text: t, a: {metric: a - b - c}, b: {value: 0}}", r"report.claims\[0\].a.metric: a metric name or 'METRIC - METRIC'"),
+    ("    - {name: x, text: t, a: {metric: coh, where: {modle: meme}}, b: {value: 0}}", r"report.claims\[0\].a.where.modle: unknown config key"),
+    ("    - {name: x, text: t, per: [f], a: {metric: coh}, b: {value: 0}}", r"report.claims\[0\].per\[0\]: unknown config key 'f'"),
+])
+def test_bad_claims_are_refused_with_the_key(text, message):
+    with pytest.raises(MemeError, match=message):
+        _claim(text)
