@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cluster_support import (ROOT, SUBMIT, LocalCluster, epochs_logged, free_ports, mlflow_children, only_run,
-                                  tiny_study, trial_results, wait_until)
+from test_cluster_support import (ROOT, SUBMIT, epochs_logged, free_ports, mlflow_children, only_run, study_args,
+                                  tiny_study, trial_results, two_node_cluster, wait_until)
 
 from meme.errors import MemeError
 from orchestration import submit
@@ -89,29 +89,8 @@ STUDY = tiny_study("Two tiny MEME trials for the cluster tests.", "seed: [0, 1]"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, synth_dir):
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    c.study = c.tmp / "cluster_pair.yaml"
-    c.study.write_text(STUDY)
-    c.data_dir = synth_dir
-    try:
-        c.start_mlflow()
-        c.start_head()
-        c.wait_nodes(1)
-        c.add_worker("127.0.0.3")
-        c.nodes_at_start = c.wait_nodes(2)
-        c.wait_mlflow()
+    with two_node_cluster(tmp_path_factory.mktemp("cluster"), synth_dir, STUDY, "cluster_pair") as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        left = c.stop()
-        assert not left, f"processes left running after the cluster's shutdown: {left}"
-
-
-def study_args(c: LocalCluster, storage: Path, *extra: str) -> list[str]:
-    return ["--study", str(c.study), "--storage", str(storage), "--tracking-uri", c.tracking_uri,
-            "--data-dir", str(c.data_dir), "--quiet", *extra]
 
 
 def test_two_raylets_on_loopback(cluster):

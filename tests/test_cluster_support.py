@@ -2,6 +2,7 @@
 PID, and readers of what a study leaves behind (Ray Tune's result.json files, MLflow runs)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,6 +88,7 @@ class LocalCluster:
         self.tmp = tmp
         self.temp_dir = Path(f"/tmp/rt_{uuid.uuid4().hex[:8]}")  # short: Ray's socket paths have a length limit
         self.procs: list[subprocess.Popen] = []
+        self.workers: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
                     "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
         self.env.pop("RAY_ADDRESS", None)
@@ -121,7 +123,25 @@ class LocalCluster:
         if hide is not None:
             prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                       f'mount -t tmpfs tmpfs "{hide}" && exec "$@"', "sh"]
-        self._spawn(cmd, f"worker-{ip}.log", prefix)
+        self.workers[ip] = self._spawn(cmd, f"worker-{ip}.log", prefix)
+
+    def kill_node(self, ip: str) -> list[int]:
+        """A machine lost at once: SIGKILL to the worker raylet on ``ip`` and every process of that node (its
+        `ray start`, raylet, object store, trial workers); returns their PIDs."""
+        proc = self.workers.pop(ip)
+        own_dir = f"{self.temp_dir}-{ip.rsplit('.', 1)[1]}".encode()
+        node = {proc.pid, *descendants(proc.pid)}
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if own_dir in cmdline.read_bytes():
+                    node.add(int(cmdline.parent.name))
+            except OSError:
+                pass
+        for pid in node:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+        return sorted(node)
 
     def start_mlflow(self) -> None:
         self._spawn([str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
@@ -180,6 +200,35 @@ class LocalCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+@contextlib.contextmanager
+def two_node_cluster(tmp: Path, data_dir: Path, study_text: str, name: str):
+    """An MLflow server, a head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each), with ``study_text``
+    written to ``tmp/<name>.yaml`` (``c.study``); everything started is stopped by PID afterwards."""
+    c = LocalCluster(tmp)
+    c.study = c.tmp / f"{name}.yaml"
+    c.study.write_text(study_text)
+    c.data_dir = data_dir
+    try:
+        c.start_mlflow()
+        c.start_head()
+        c.wait_nodes(1)
+        c.add_worker("127.0.0.3")
+        c.nodes_at_start = c.wait_nodes(2)
+        c.wait_mlflow()
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        left = c.stop()
+        assert not left, f"processes left running after the cluster's shutdown: {left}"
+
+
+def study_args(c: LocalCluster, storage: Path, *extra: str) -> list[str]:
+    return ["--study", str(c.study), "--storage", str(storage), "--tracking-uri", c.tracking_uri,
+            "--data-dir", str(c.data_dir), "--quiet", *extra]
 
 
 # ------------------------------------------------------------------ what a study leaves behind
