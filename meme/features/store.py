@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from meme.arrow import VECTOR_KEY, column_array
 from meme.errors import MemeError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 #: store versions this reader reads: 1 held vectors as fixed_size_list, 2 as fixed_size_binary
 READABLE_VERSIONS = (1, 2)
-VECTOR_KEY = b"meme.vector"
 META_KEY = b"meme.cub"
 FORMAT = "meme.cub"
 FILES = {"images": "images.parquet", "captions": "captions.parquet", "words": "words.parquet"}
@@ -265,53 +265,13 @@ def read_table(path, kind: str, verify: str = "once") -> tuple[pa.Table, dict]:
     return table, meta
 
 
-class _ArrowView:
-    """Exposes a mutable Arrow buffer to numpy as a writable array, keeping the buffer alive."""
-
-    def __init__(self, buf: pa.Buffer, dtype: np.dtype, offset: int, count: int):
-        self._buf = buf
-        self.__array_interface__ = {"data": (buf.address + offset, False), "typestr": dtype.str,
-                                    "shape": (count,), "version": 3}
-
-
-def _frombuffer(buf: pa.Buffer, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
-    """``np.frombuffer`` that is writable where Arrow's buffer is (decoded pages live in Arrow's memory pool;
-    only a memory-mapped file region is read-only, and is copied by the caller)."""
-    if offset + count * dtype.itemsize > buf.size:
-        raise MemeError(f"a vector column holds {buf.size} bytes, fewer than its rows need")
-    if buf.is_mutable:
-        return np.asarray(_ArrowView(buf, dtype, offset, count))
-    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
-
-
 def vector_tensor(table: pa.Table, name: str) -> Tensor:
     """A vector column (fixed_size_binary tagged ``meme.vector``, or a version-1 fixed_size_list) as an
-    (N, W) tensor over Arrow's buffer (one copy only if it spans chunks)."""
+    (N, W) tensor over Arrow's buffer (one copy only if it spans chunks): ``meme.arrow.column_array``."""
     col = table.column(name)
-    field = table.schema.field(name)
-    if pa.types.is_fixed_size_binary(col.type):
-        tag = (field.metadata or {}).get(VECTOR_KEY)
-        if tag is None:
-            raise MemeError(f"column {name!r} is {col.type} without its {VECTOR_KEY.decode()} tag (value type and width)")
-        dtype = np.dtype(tag.decode().split("[")[0]).newbyteorder("<")
-        width = col.type.byte_width // dtype.itemsize
-        parts = [_frombuffer(chunk.buffers()[1], dtype, len(chunk) * width,
-                             chunk.offset * col.type.byte_width).reshape(len(chunk), width)
-                 for chunk in col.chunks]
-    else:
-        width = col.type.list_size
-        parts = []
-        for chunk in col.chunks:
-            values = chunk.values.slice(chunk.offset * width, len(chunk) * width)
-            dtype = np.dtype(values.type.to_pandas_dtype())
-            arr = _frombuffer(values.buffers()[1], dtype, len(values), values.offset * dtype.itemsize)
-            parts.append(arr.reshape(len(chunk), width))
-    if not parts:
-        return torch.empty(0, width)
-    arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    if not arr.flags.writeable:  # an immutable (e.g. memory-mapped) buffer: hand out a private copy
-        arr = arr.copy()
-    return torch.from_numpy(arr)
+    if pa.types.is_fixed_size_binary(col.type) and VECTOR_KEY not in (table.schema.field(name).metadata or {}):
+        raise MemeError(f"column {name!r} is {col.type} without its {VECTOR_KEY.decode()} tag (value type and width)")
+    return torch.from_numpy(column_array(table, name))
 
 
 def column_tensor(table: pa.Table, name: str, dtype=torch.int64) -> Tensor:
