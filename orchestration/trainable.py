@@ -56,10 +56,12 @@ class TrialSettings:
 
 
 def train_config(config: dict) -> TrainConfig:
-    """The trial's TrainConfig: the flat keys, with the grid point's keys merged in."""
+    """The trial's TrainConfig: the flat keys, with the grid point's keys merged in. A trial of a study started
+    before a key existed (resumed from Tune's saved state) gets the value that study ran with
+    (``TrainConfig.from_stored``: ``nets`` was appendix_k); new studies give every key."""
     flat = {k: v for k, v in config.items() if k != GRID_KEY}
     flat.update(config.get(GRID_KEY) or {})
-    return TrainConfig.from_dict(flat)
+    return TrainConfig.from_stored(flat)
 
 
 # ------------------------------------------------------------------ sessions

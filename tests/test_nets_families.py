@@ -221,3 +221,14 @@ def test_runs_written_before_the_family_key_load_evaluate_and_resume_as_appendix
     with pytest.raises(MemeError, match=r"was trained with nets='appendix_k' and cannot continue as nets='published'; "
                                         r"resume it with --nets appendix_k"):
         list(train(old.replace(epochs=3, nets="published"), run, progress=False))
+
+
+def test_a_resumed_trial_of_a_study_from_before_the_key_keeps_appendix_k():
+    from orchestration.study import load_study
+    from orchestration.trainable import GRID_KEY, train_config
+
+    new = load_study("smoke").base_config()
+    assert new["nets"] == "published"                      # new studies give every key: nothing is inferred
+    assert train_config({**new, GRID_KEY: {"seed": 1}}).nets == "published"
+    old = {k: v for k, v in new.items() if k != "nets"}     # a trial config Tune saved before 'nets' existed
+    assert train_config({**old, GRID_KEY: {"seed": 1}}).nets == "appendix_k"
