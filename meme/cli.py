@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from meme.errors import MemeError
+from meme.paths import check_dir_target
 
 log = logging.getLogger("meme")
 
@@ -26,8 +27,6 @@ def _config_from_args(args) -> "TrainConfig":  # noqa: F821
 
 def cmd_train(args) -> int:
     from meme.train import train
-
-    from meme.paths import check_dir_target
 
     cfg = _config_from_args(args)
     out = check_dir_target(args.out, "--out")
@@ -46,8 +45,6 @@ def cmd_data(args) -> int:
     from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
     from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
 
-    from meme.paths import check_dir_target
-
     root = check_dir_target(resolve_data_dir(args.data_dir), "--data-dir")
     for flag, n in (("--n-train", args.n_train), ("--n-test", args.n_test)):
         if n is not None and args.what == "download":
@@ -61,7 +58,7 @@ def cmd_data(args) -> int:
             x, _ = load_svhn(root, split, download=True)
             print(f"SVHN {split}: {x.shape[0]} images in {root / 'SVHN'}")
     elif args.what == "svhn-standin":
-        sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}  # None: SVHN's
+        sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}
         for p in write_svhn_standin(root, sizes, seed=args.seed):
             print(f"wrote {p} (synthetic SVHN-format stand-in)")
     elif args.what == "synthetic":

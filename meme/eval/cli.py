@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from meme.errors import MemeError
+from meme.paths import check_dir_target
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def cmd_eval(args) -> int:
     from meme.eval.config import EvalConfig
     from meme.eval.datasets import evaluate_run
     from meme.train import resolve_device
-
-    from meme.paths import check_dir_target
 
     if not args.checkpoint:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
