@@ -252,6 +252,17 @@ def check_checkpoint(state: dict, model_name: str | None, modalities, source: st
                             f"resume it with --nets {trained} (valid: the family it was trained with)")
 
 
+def _resumable(cfg: TrainConfig) -> dict:
+    """What must match for a run to resume: the config less ``epochs``, with ``sigma_floor`` as the floor each
+    modality gets (0 means the family's own: appendix K's 1e-3 equals an explicit 1e-3)."""
+    from meme.nets import modality_class
+
+    d = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    d["sigma_floor"] = tuple(cfg.sigma_floor or modality_class(cfg.nets, n).default_sigma_floor
+                             for n in get_dataset(cfg.dataset).names)
+    return d
+
+
 def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True) -> Iterator[dict]:
     """Train ``cfg``; yield each epoch's metrics. With ``out_dir``: config, checkpoints, metrics.jsonl there."""
     out = Path(out_dir) if out_dir else None
@@ -263,8 +274,7 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
             state = load_checkpoint(ckpt)
             check_checkpoint(state, None, None, source=f"{out}", nets=cfg.nets)
             # keys added to TrainConfig since the checkpoint was written count as that run had them
-            old = {k: v for k, v in stored_config(state).to_dict().items() if k != "epochs"}
-            new = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+            old, new = _resumable(stored_config(state)), _resumable(cfg)
             if old != new:
                 diff = sorted(k for k in new if old.get(k) != new[k])
                 raise MemeError(f"{out} holds a run with a different config ({', '.join(diff)}); "

@@ -214,10 +214,15 @@ def test_runs_written_before_the_family_key_load_evaluate_and_resume_as_appendix
     metrics, _ = evaluate(model, train_data, test_data, {},
                           EvalConfig(likelihood_k=0, n_joint=0, n_latent_train=32, max_test_pairs=40), figures=False)
     assert "latent_acc_mnist" in metrics
-    # resuming it with its own family continues from its epoch; with the default family it is refused
+    # resuming it with its own family continues from its epoch (the command line of then, plus --nets
+    # appendix_k: the default sigma_floor 0 is appendix K's 1e-3); with the default family it is refused
     old = TrainConfig.from_stored(state["config"])
-    resumed = list(train(old.replace(epochs=2), run, progress=False))
+    cli = {k: v for k, v in old.to_dict().items() if k != "sigma_floor"}   # today's default floor (0)
+    assert TrainConfig.from_dict(cli).sigma_floor == 0.0
+    resumed = list(train(TrainConfig.from_dict({**cli, "epochs": 2}), run, progress=False))
     assert [m["epoch"] for m in resumed] == [2]
+    with pytest.raises(MemeError, match=r"holds a run with a different config \(sigma_floor\)"):
+        list(train(old.replace(epochs=3, sigma_floor=0.01), run, progress=False))
     with pytest.raises(MemeError, match=r"was trained with nets='appendix_k' and cannot continue as nets='published'; "
                                         r"resume it with --nets appendix_k"):
         list(train(old.replace(epochs=3, nets="published"), run, progress=False))
