@@ -36,7 +36,7 @@ def test_a_study_survives_losing_a_node(cluster, tmp_path):
                     return name, rs[-1]["epoch"]
         return None
 
-    lost_trial, at_epoch = wait_until(a_trial_on_the_worker, 300, "an epoch of a trial on the second node")
+    lost_trial, _ = wait_until(a_trial_on_the_worker, 300, "an epoch of a trial on the second node")
     killed = cluster.kill_node("127.0.0.3")
     assert killed
     status = wait_until(lambda: (s := _status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s, 900,
@@ -51,8 +51,12 @@ def test_a_study_survives_losing_a_node(cluster, tmp_path):
     for name, rs in results.items():
         epochs = [res["epoch"] for res in rs]
         assert epochs[-1] == EPOCHS and sorted(set(epochs)) == list(range(1, EPOCHS + 1)), (name, epochs)
-    moved = [res["node_ip"] for res in results[lost_trial] if res["epoch"] > at_epoch]
-    assert moved and set(moved) == {"127.0.0.2"}, "the lost trial finished on the node that was left"
+    # it began on the lost node and finished on the one that was left (a report already on its way to the
+    # driver when the node died can still land after the kill, so the switch is not pinned to one epoch)
+    nodes = [res["node_ip"] for res in results[lost_trial]]
+    assert nodes[0] == "127.0.0.3" and nodes[-1] == "127.0.0.2", nodes
+    at_epoch = max(res["epoch"] for res in results[lost_trial] if res["node_ip"] == "127.0.0.3")
+    assert at_epoch < EPOCHS
     children = mlflow_children(cluster.tracking_uri, state)
     assert len(children) == 2, "one child run per trial, none added by the restart"
     for child in children:
