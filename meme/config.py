@@ -72,7 +72,12 @@ class FlatConfig:
     def from_stored(cls, d: dict[str, Any]):
         """A config as a run stored it: keys added since then take the value that reproduces what that
         run did (``LEGACY_DEFAULTS``), or else their default."""
-        return cls.from_dict({**getattr(cls, "_legacy", {}), **d})
+        return cls.from_dict(cls.with_legacy(d))
+
+    @classmethod
+    def with_legacy(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """``d`` with the keys it lacks that changed default since (``LEGACY_DEFAULTS``) at their old value."""
+        return {**getattr(cls, "_legacy", {}), **d}
 
     @classmethod
     def load(cls, path):

@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from meme.config import LEGACY_DEFAULTS, TrainConfig
+from meme.config import TrainConfig
 from meme.data import BatchLoader, get_dataset, make_observation
 from meme.data.batch import gather
 from meme.errors import MemeError
@@ -246,7 +246,7 @@ def check_checkpoint(state: dict, model_name: str | None, modalities, source: st
     if modalities is not None and tuple(state.get("modalities", ())) != tuple(modalities):
         raise MemeError(f"{source} is for modalities {tuple(state.get('modalities', ()))}, expected {tuple(modalities)}")
     if nets is not None:
-        trained = {**LEGACY_DEFAULTS, **state.get("config", {})}.get("nets")
+        trained = TrainConfig.with_legacy(state.get("config", {})).get("nets")
         if trained != nets:
             raise MemeError(f"{source} was trained with nets={trained!r} and cannot continue as nets={nets!r}; "
                             f"resume it with --nets {trained} (valid: the family it was trained with)")
