@@ -198,8 +198,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose
     if not verbose:  # the study's own progress replaces Tune's console output
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
-    address = ray_address(address)
-    check_ray_reachable(address)
+    address = ray_address(address)   # its reachability is checked by the caller, before the classifiers train
     try:
         if address is None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
