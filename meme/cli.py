@@ -45,10 +45,14 @@ def cmd_data(args) -> int:
     from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
     from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
 
-    root = check_dir_target(resolve_data_dir(args.data_dir), "--data-dir")
+    root = resolve_data_dir(args.data_dir)
+    if args.what != "mnist-views" or not args.no_download:  # mnist-views --no-download only reads it
+        check_dir_target(root, "--data-dir")
     for flag, n in (("--n-train", args.n_train), ("--n-test", args.n_test)):
-        if n is not None and args.what == "download":
-            raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to download")
+        if n is not None and args.what in ("download", "mnist-views"):
+            raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to {args.what}")
+    if (args.out is not None) != (args.what == "mnist-views"):
+        raise MemeError("--out goes with mnist-views (where to write its tables), and only with it")
         if n is not None and n < 10:
             raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
     if args.what == "download":
@@ -61,6 +65,11 @@ def cmd_data(args) -> int:
         sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}
         for p in write_svhn_standin(root, sizes, seed=args.seed):
             print(f"wrote {p} (synthetic SVHN-format stand-in)")
+    elif args.what == "mnist-views":
+        from meme.data.views import write_mnist_views
+
+        for p in write_mnist_views(root, check_dir_target(args.out, "--out"), download=not args.no_download):
+            print(f"wrote {p}")
     elif args.what == "synthetic":
         write_synthetic_mnist_svhn(root, n_train=args.n_train or 600, n_test=args.n_test or 200, seed=args.seed)
         print(f"wrote a synthetic MNIST-format + SVHN-format dataset into {root}")
@@ -88,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="download data, or generate stand-ins", description=(
         "download: fetch MNIST and SVHN into the data dir. svhn-standin: generate the synthetic SVHN-format "
         "stand-in (same files and sizes as SVHN) for machines without SVHN. synthetic: a tiny generated "
-        "MNIST-format + SVHN-format dataset for tests and first tries."))
-    d.add_argument("what", choices=["download", "svhn-standin", "synthetic"])
+        "MNIST-format + SVHN-format dataset for tests and first tries. mnist-views: two views of real MNIST "
+        "(top halves as images, bottom halves as vectors) written into --out as your own data would be: Parquet and "
+        "NumPy tables, a dataset file (data.yaml) and a four-trial study (study.yaml)."))
+    d.add_argument("what", choices=["download", "svhn-standin", "synthetic", "mnist-views"])
+    d.add_argument("--out", default=None, help="mnist-views: the folder to write the tables, data.yaml and study.yaml")
+    d.add_argument("--no-download", action="store_true", help="mnist-views: fail instead of downloading MNIST")
     d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
     d.add_argument("--n-train", type=int, default=None, help="generated training examples, at least 10 "
                    "(default: 600 for synthetic, SVHN's 73,257 for svhn-standin)")

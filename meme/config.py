@@ -111,7 +111,7 @@ class TrainConfig(FlatConfig):
     paired_only: bool = False     # drop the unpaired rest (ablation J.2)
     # networks and objective
     nets: str = "published"       # network family: published (the published MEME code's) | appendix_k
-    latent_dim: int = 64
+    latent_dim: int = 0           # 0 = the dataset's own (64, or a dataset file's latent_dim)
     sigma_floor: float = 0.0      # floor on the encoders' sigma; 0 = the family's own (published: 1e-3 MNIST, 1e-4 SVHN)
     llik_scale: float = 1.0       # fixed Laplace scale of image likelihoods (1.0 in the published MEME code)
     K: int = 10                   # extra posterior samples in the log q(t|s) estimate
@@ -144,8 +144,8 @@ class TrainConfig(FlatConfig):
         from meme.data.observation import check_supervision
 
         check_supervision(self.supervision)
-        _positive(self, "pairings", "latent_dim", "K", "n_pseudo", "batch_size", "epochs", "checkpoint_every")
-        _non_negative(self, "max_train_pairs", "max_test_pairs", "num_threads", "eval_every", "lam")
+        _positive(self, "pairings", "K", "n_pseudo", "batch_size", "epochs", "checkpoint_every")
+        _non_negative(self, "max_train_pairs", "max_test_pairs", "num_threads", "eval_every", "lam", "latent_dim")
         if not self.lr > 0:
             raise MemeError(f"lr={self.lr} must be > 0 (the paper uses 5e-4)")
         for b in ("beta1", "beta2"):
@@ -156,7 +156,7 @@ class TrainConfig(FlatConfig):
                             f"and llik_scale={self.llik_scale} must be > 0")
         if self.precision not in PRECISIONS:
             raise MemeError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
-        from meme.data import get_dataset
+        from meme.data import get_dataset, is_dataset_file
         from meme.models import MODELS
         from meme.models.meme import DIRECTIONS
 
@@ -164,8 +164,11 @@ class TrainConfig(FlatConfig):
             raise MemeError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
         from meme.nets import check_family
 
-        names = get_dataset(self.dataset).names
-        check_family(self.nets, names)
+        if is_dataset_file(self.dataset):  # runs record where the file is, wherever they are resumed from
+            object.__setattr__(self, "dataset", str(Path(self.dataset).expanduser().resolve()))
+        spec = get_dataset(self.dataset)
+        names = spec.names
+        check_family(self.nets, spec.network_keys or names)
         if self.observed not in (*names, "split"):
             raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
         if self.direction not in DIRECTIONS:
@@ -184,6 +187,8 @@ class TrainConfig(FlatConfig):
 #: one line of help per key (the CLI's --help and the docs)
 HELP = {
     'data_dir': '"" = $MEME_DATA_DIR or ~/.cache/meme',
+    'dataset': 'mnist_svhn | cub | a dataset file (path/to/data.yaml: your own two modalities)',
+    'latent_dim': "latent size; 0 = the dataset's own (64, or the dataset file's latent_dim)",
     'pairings': 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)',
     'data_seed': 'seeds the pairing and which examples stay paired',
     'max_train_pairs': '0 = all; otherwise a random N of the training pairs, seeded by data_seed (quick runs)',

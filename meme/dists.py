@@ -35,6 +35,12 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: 
     return _flat_sum(lp, event_dims)
 
 
+def normal_log_prob_fixed(x: Tensor, loc: Tensor, scale: float, event_dims: int) -> Tensor:
+    """log N(x; loc, scale^2) with one fixed scale, summed over the trailing ``event_dims`` dimensions."""
+    lp = -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * LOG_2PI
+    return _flat_sum(lp, event_dims)
+
+
 def categorical_log_prob(tokens: Tensor, logits: Tensor, ignore_index: int | None = None) -> Tensor:
     """log Cat(tokens; softmax(logits)) summed over the sequence; ``logits`` is (..., T, V), ``tokens`` (..., T).
 

@@ -6,6 +6,7 @@ checked before any trial starts (a misspelt name would otherwise rank every tria
 ``epoch``, ``epoch_time_s``, ``examples_per_s``, ``pairs_per_s``. From the evaluation (``meme.eval``, its
 table of metrics; in a trial every ``eval_every`` epochs and at the last): ``coherence_<s>_to_<t>``,
 ``coherence_cross_mean`` (the mean of both directions), ``coherence_joint``, ``latent_acc_<m>``,
+``classifier_acc_<m>`` (the test accuracy of the classifier that judges coherence),
 ``w2_*``, ``loglik_<s>_given_<t>``, ``elbo_test``, ``test_*``, ``n_test_pairs``, ``eval_time_s``, and
 for CUB ``cca_*``.
 """
@@ -16,7 +17,7 @@ import difflib
 _FIXED = ("loss", "epoch", "epoch_time_s", "examples_per_s", "pairs_per_s", "coherence_cross_mean",
           "coherence_joint", "elbo_test", "n_test_pairs", "eval_time_s", "w2_paired_mean", "w2_unpaired_mean",
           "w2_gap", "w2_auroc", "w2_class_diag_mean", "w2_class_offdiag_mean")
-_PREFIXES = ("loss_", "recon_", "kl_", "cls_", "log_q_", "w_", "js_", "test_", "cca_")
+_PREFIXES = ("loss_", "recon_", "kl_", "cls_", "log_q_", "w_", "js_", "test_", "cca_", "classifier_acc_")
 
 
 def examples(names: tuple[str, str]) -> list[str]:

@@ -172,16 +172,16 @@ class Trainer:
         """The evaluation suite (``meme.eval.evaluate``, plus the dataset's extras such as CUB's CCA:
         ``meme.eval.datasets``) on this model and the test set.
 
-        Classifiers default to those stored under ``<data_dir>/classifiers`` (missing ones are skipped, and
-        so are their coherence metrics); ``eval_cfg`` defaults to ``EvalConfig(likelihood_k=0, seed=cfg.seed)``.
+        Classifiers default to ``meme.eval.classifiers.run_classifiers``: those stored under
+        ``<data_dir>/classifiers`` (missing ones are skipped, and so are their coherence metrics), or for a
+        dataset file the ones trained on its tables; ``eval_cfg`` defaults to ``EvalConfig(likelihood_k=0, seed=cfg.seed)``.
         """
-        from meme.eval import EvalConfig, load_classifiers
-        from meme.eval.classifiers import classifier_dir
+        from meme.eval import EvalConfig
+        from meme.eval.classifiers import run_classifiers
         from meme.eval.datasets import evaluate_run
 
         if classifiers is None:
-            classifiers = load_classifiers(self.model.names, classifier_dir(self.cfg.data_dir or None),
-                                           device=self.device, missing="skip")
+            classifiers = run_classifiers(self.cfg, device=self.device)
         eval_cfg = eval_cfg or EvalConfig(likelihood_k=0, seed=self.cfg.seed)
         return evaluate_run(self.cfg, self.model, self.train_data, self.test_data, classifiers, eval_cfg,
                             out_dir=out_dir, figures=figures)
@@ -254,12 +254,15 @@ def check_checkpoint(state: dict, model_name: str | None, modalities, source: st
 
 def _resumable(cfg: TrainConfig) -> dict:
     """What must match for a run to resume: the config less ``epochs``, with ``sigma_floor`` as the floor each
-    modality gets (0 means the family's own: appendix K's 1e-3 equals an explicit 1e-3)."""
+    modality gets (0 means the family's own: appendix K's 1e-3 equals an explicit 1e-3) and ``latent_dim`` as
+    the size it gets (0 means the dataset's own: 64 equals an explicit 64)."""
     from meme.nets import modality_class
 
     d = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    spec = get_dataset(cfg.dataset)
     d["sigma_floor"] = tuple(cfg.sigma_floor or modality_class(cfg.nets, n).default_sigma_floor
-                             for n in get_dataset(cfg.dataset).names)
+                             for n in spec.network_keys or spec.names)
+    d["latent_dim"] = cfg.latent_dim or spec.latent_dim
     return d
 
 

@@ -40,10 +40,9 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from meme.config import TrainConfig
 from meme.errors import MemeError
+from meme.yamlio import load_yaml
 
 #: where ``--study NAME`` looks (``$MEME_STUDIES_DIR`` overrides it)
 STUDIES_DIR = Path(os.environ.get("MEME_STUDIES_DIR", Path(__file__).resolve().parents[1] / "search_spaces"))
@@ -192,33 +191,6 @@ def trial_name(config: dict, varying=(), index: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------- loading
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 5e-4 as a float (YAML 1.1 wants 5.0e-4) and rejects duplicate keys."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def study_names(directory=None) -> list[str]:
     d = Path(directory) if directory else STUDIES_DIR
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
@@ -250,11 +222,7 @@ def load_study(name_or_path, directory=None) -> Study:
 
 
 def parse_study(text: str, name: str, path: str = "<study>") -> Study:
-    try:
-        doc = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise MemeError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    return _Validator(path).study(doc, name, text)
+    return _Validator(path).study(load_yaml(text, path), name, text)
 
 
 # -------------------------------------------------------------- validation
@@ -389,8 +357,9 @@ class _Validator:
                     self.fail(key, "is an empty list; give at least one value")
                 if len({repr(x) for x in values}) != len(values):
                     self.fail(key, f"repeats a value: {values!r}")
-                for i, x in enumerate(values):
-                    self.config(f"{key}[{i}]", {**base, "epochs": epochs, k: x})
+                # a dataset file is recorded as its absolute path (trials run in other directories)
+                values = [self.config(f"{key}[{i}]", {**base, "epochs": epochs, k: x}).to_dict()[k]
+                          for i, x in enumerate(values)]
                 axes[k] = tuple(values)
             out.append(axes)
         points = grid_points(out)

@@ -138,29 +138,27 @@ def prepare_data_dir(study: Study, data_dir: str | None) -> str:
 
 
 def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
-    """Load the data once (downloading it if needed) and the digit classifiers the evaluation needs
-    (training them once if missing); returns modality -> classifier state dict for the trials."""
+    """Load (and so validate) every dataset of the study once, downloading it if needed, and the classifiers the
+    evaluation needs (training them once if missing: the digit classifiers, or a dataset file's own); returns
+    modality -> classifier module (on the CPU) for the trials."""
     from meme.config import TrainConfig
-    from meme.data import get_dataset
+    from meme.data import get_dataset, is_dataset_file
     from meme.eval import CLASSIFIERS, ensure_classifiers
-    from meme.eval.classifiers import classifier_dir, load_classifier
+    from meme.eval.classifiers import run_classifiers
 
     datasets = {p.get("dataset", base_cfg["dataset"]) for p in study.points()}
-    states = {}
+    classifiers = {}
     for ds in sorted(datasets):
         cfg = TrainConfig.from_dict({**base_cfg, "dataset": ds})
-        spec = get_dataset(ds)
+        spec = get_dataset(cfg.dataset)
         for split in ("train", "test"):
             spec.load(cfg, split)
         names = [n for n in spec.names if n in CLASSIFIERS]
-        if not names:
-            continue
-        ensure_classifiers(names, data_dir=cfg.data_dir, progress=progress, download=cfg.download)
-        for n in names:
-            clf, record = load_classifier(n, classifier_dir(cfg.data_dir))
-            log.info("%s classifier: test accuracy %.4f", n, record["test_accuracy"])
-            states[n] = {k: v.cpu() for k, v in clf.state_dict().items()}
-    return states
+        if names and not is_dataset_file(cfg.dataset):
+            ensure_classifiers(names, data_dir=cfg.data_dir, progress=progress, download=cfg.download)
+        for n, clf in run_classifiers(cfg, "cpu", progress=progress).items():
+            classifiers[n] = clf
+    return classifiers
 
 
 # ------------------------------------------------------------------- Ray

@@ -24,6 +24,7 @@ checkpoint, up to ``FailureConfig(max_failures)``.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -51,7 +52,7 @@ class TrialSettings:
     varying: tuple[str, ...] = ()           # config keys in the run name
     numbered: bool = False                  # append the trial number to the run name (searched studies)
     tracking: TrackingInfo | None = None
-    classifiers: dict | None = None         # modality -> classifier state dict (loaded once by the driver)
+    classifiers: dict | None = None         # modality -> classifier module (loaded or trained once by the driver)
     threads: int = 1                        # torch threads (the trial's CPUs)
 
 
@@ -112,19 +113,11 @@ class LocalSession:
 
 
 # --------------------------------------------------------------- evaluation
-def load_classifiers(states: dict | None, names, device) -> dict:
-    """Digit classifiers from the state dicts the driver sent (only for this model's modalities)."""
-    if not states:
+def load_classifiers(sent: dict | None, names, device) -> dict:
+    """This trial's copies of the classifiers the driver sent (only for this model's modalities)."""
+    if not sent:
         return {}
-    from meme.eval.classifiers import build_classifier
-
-    out = {}
-    for name in names:
-        if name in states:
-            clf = build_classifier(name)
-            clf.load_state_dict(states[name])
-            out[name] = clf.to(device).eval()
-    return out
+    return {name: copy.deepcopy(sent[name]).to(device).eval() for name in names if name in sent}
 
 
 def evaluate_model(trainer: Trainer, classifiers: dict, eval_kwargs: dict, out_dir=None, figures: bool = False) -> dict:

@@ -1,7 +1,8 @@
 """Datasets as ``PairedData`` (two modality tables + pairs), partial observation, typed batches.
 
 ``DATASETS`` maps a dataset name to a ``DatasetSpec``: its two modality names, a loader for a split,
-and a builder for its two modality networks.
+and a builder for its two modality networks. A ``dataset`` that names a ``.yaml``/``.yml``/``.json``
+file is the user's own data (``meme.data.dataset_file``), with networks chosen by the rows' shape.
 """
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from typing import Callable
 
 from meme.data.batch import Batch, BatchLoader, full_batches
 from meme.data.cub import build_cub_modalities, load_cub
+from meme.data.dataset_file import is_dataset_file, read_dataset_file
 from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
 from meme.data.observation import Observation, make_observation
 from meme.data.paired import PairedData
-from meme.errors import check_choice
+from meme.errors import MemeError
 from meme.nets import modality_class
+
+
+DEFAULT_LATENT_DIM = 64  # the published code's
 
 
 @dataclass(frozen=True)
@@ -24,12 +29,16 @@ class DatasetSpec:
     load: Callable
     #: (cfg, train_data) -> (Modality, Modality)
     build_modalities: Callable
+    #: what a network family must have networks for (default: the modality names)
+    network_keys: tuple[str, ...] | None = None
+    #: the latent size of runs that leave ``latent_dim`` at 0
+    latent_dim: int = DEFAULT_LATENT_DIM
 
 
 def registry_modalities(cfg, train_data):
     """The two modalities' networks from the config's family (``cfg.nets``); sigma_floor 0 = the family's own."""
     return tuple(
-        modality_class(cfg.nets, name)(latent_dim=cfg.latent_dim, sigma_floor=cfg.sigma_floor or None,
+        modality_class(cfg.nets, name)(latent_dim=cfg.latent_dim or DEFAULT_LATENT_DIM, sigma_floor=cfg.sigma_floor or None,
                                        llik_scale=cfg.llik_scale)
         for name in train_data.names
     )
@@ -47,9 +56,21 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    check_choice("dataset", name, DATASETS)
+    """A built-in dataset by name, or the dataset file at the path ``name`` (validated on read)."""
+    if is_dataset_file(name):
+        ds = read_dataset_file(name)
+        return DatasetSpec(ds.names, lambda cfg, split: ds.load(split), ds.build_modalities,
+                           network_keys=ds.network_keys, latent_dim=ds.latent_dim or DEFAULT_LATENT_DIM)
+    if name not in DATASETS:
+        raise MemeError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a dataset file "
+                        f"(path/to/data.yaml: see meme.data.dataset_file)")
     return DATASETS[name]
 
 
+def latent_size(cfg) -> int:
+    """The run's latent size: ``latent_dim``, or where it is 0 the dataset's own."""
+    return cfg.latent_dim or get_dataset(cfg.dataset).latent_dim
+
+
 __all__ = ["Batch", "BatchLoader", "DATASETS", "DatasetSpec", "Observation", "PairedData", "full_batches",
-           "get_dataset", "make_observation", "resolve_data_dir"]
+           "get_dataset", "is_dataset_file", "latent_size", "make_observation", "resolve_data_dir"]

@@ -307,9 +307,10 @@ def build_cub_modalities(cfg, train_data):
 
     vocab = read_vocab(default_features_dir(cfg))
     floor = cfg.sigma_floor or None   # 0 = the family's own floor
-    image = modality_class(cfg.nets, "cub_image")(latent_dim=cfg.latent_dim, sigma_floor=floor,
+    latent = cfg.latent_dim or 64     # 0 = the published code's
+    image = modality_class(cfg.nets, "cub_image")(latent_dim=latent, sigma_floor=floor,
                                                   llik_scale=cfg.llik_scale, feature_dim=int(train_data.tables[0].shape[1]))
-    caption = modality_class(cfg.nets, "cub_caption")(latent_dim=cfg.latent_dim, sigma_floor=floor,
+    caption = modality_class(cfg.nets, "cub_caption")(latent_dim=latent, sigma_floor=floor,
                                                       vocab_size=len(vocab), max_len=vocab.max_len,
                                                       pad_index=vocab.pad_index)
     return image, caption

@@ -118,16 +118,30 @@ def train_classifier(modality: str, data_dir=None, epochs: int | None = None, ba
         x_tr, y_tr = x_tr[:max_train], y_tr[:max_train]
     if x_tr.shape[0] == 0 or x_te.shape[0] == 0:
         raise MemeError(f"{modality}: the training or test split in {resolve_data_dir(data_dir)} is empty")
+    clf, seconds = fit_classifier(lambda: build_classifier(modality), x_tr, y_tr, epochs, batch_size, lr, seed,
+                                  device, progress, f"classifier {modality}")
+    clf.eval()
+    record = {"modality": modality, "arch": ARCH, "test_accuracy": accuracy(clf, x_te, y_te),
+              "epochs": epochs, "seed": seed, "n_train": int(x_tr.shape[0]), "n_test": int(x_te.shape[0]),
+              "train_time_s": round(seconds, 1), "data_dir": str(resolve_data_dir(data_dir))}
+    return clf, record
+
+
+def fit_classifier(build: Callable[[], nn.Module], x_tr: Tensor, y_tr: Tensor, epochs: int, batch_size: int = 256,
+                   lr: float = 2e-3, seed: int = 0, device="cpu", progress: bool = True,
+                   desc: str = "classifier") -> tuple[nn.Module, float]:
+    """Train the classifier ``build()`` makes (under ``seed``) with Adam and a one-cycle schedule on rows ``x_tr``
+    (converted by ``as_float`` batch by batch) and labels ``y_tr``; returns it in eval mode and the seconds taken."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        clf = build_classifier(modality).to(device)
+        clf = build().to(device)
         opt = torch.optim.Adam(clf.parameters(), lr=lr)
         steps = epochs * -(-x_tr.shape[0] // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         t0 = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"classifier {modality}", disable=not progress, unit="batch")
+        bar = tqdm(total=steps, desc=desc, disable=not progress, unit="batch")
         for _ in range(epochs):
             clf.train()
             perm = torch.randperm(x_tr.shape[0], generator=g)
@@ -142,11 +156,7 @@ def train_classifier(modality: str, data_dir=None, epochs: int | None = None, ba
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.close()
-    clf.eval()
-    record = {"modality": modality, "arch": ARCH, "test_accuracy": accuracy(clf, x_te, y_te),
-              "epochs": epochs, "seed": seed, "n_train": int(x_tr.shape[0]), "n_test": int(x_te.shape[0]),
-              "train_time_s": round(time.perf_counter() - t0, 1), "data_dir": str(resolve_data_dir(data_dir))}
-    return clf, record
+    return clf.eval(), time.perf_counter() - t0
 
 
 def save_classifier(clf: nn.Module, record: dict, directory) -> Path:
@@ -183,6 +193,7 @@ def load_classifier(modality: str, directory, device="cpu") -> tuple[DigitClassi
         clf.load_state_dict(state)
     except Exception as e:
         raise MemeError(f"{path} does not fit the {modality} classifier ({type(e).__name__}); {hint}") from None
+    clf.test_accuracy = record.get("test_accuracy")  # the run's metrics report it (classifier_acc_<modality>)
     return clf.to(device).eval(), record
 
 
@@ -206,6 +217,24 @@ def load_classifiers(names, directory, device="cpu", missing: str = "error") -> 
             continue
         log.info("%s classifier: test accuracy %.4f", name, record["test_accuracy"])
     return out
+
+
+def run_classifiers(cfg, device="cpu", progress: bool = False, directory=None) -> dict[str, nn.Module]:
+    """The classifiers that judge the coherence of runs of ``cfg.dataset``, by modality name.
+
+    For a dataset file (the user's own data): one per modality, trained on its real training table and cached
+    by the tables' content (``meme.eval.table_classifiers``; trained here when missing). For the built-in
+    datasets: the digit classifiers stored in ``directory`` (default ``<data dir>/classifiers``); a missing
+    one is skipped, and so are its coherence metrics."""
+    from meme.data import get_dataset, is_dataset_file
+
+    if is_dataset_file(cfg.dataset):
+        from meme.data.dataset_file import read_dataset_file
+        from meme.eval.table_classifiers import table_classifiers
+
+        return {n: c.to(device) for n, (c, _) in table_classifiers(read_dataset_file(cfg.dataset), progress=progress).items()}
+    directory = directory or classifier_dir(cfg.data_dir or None)
+    return load_classifiers(get_dataset(cfg.dataset).names, directory, device=device, missing="skip")
 
 
 def ensure_classifiers(names, data_dir=None, directory=None, retrain: bool = False, device="cpu",

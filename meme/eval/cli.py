@@ -64,7 +64,8 @@ def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None =
 
 
 def cmd_eval(args) -> int:
-    from meme.eval.classifiers import classifier_dir, load_classifiers
+    from meme.data import is_dataset_file
+    from meme.eval.classifiers import classifier_dir, load_classifiers, run_classifiers
     from meme.eval.config import EvalConfig
     from meme.eval.datasets import evaluate_run
     from meme.train import resolve_device
@@ -78,8 +79,13 @@ def cmd_eval(args) -> int:
     model, cfg, train_data, test_data = load_run(args.checkpoint, args.data_dir, args.model)
     device = resolve_device(ecfg.device)
     ecfg = ecfg.replace(device=str(device))
-    clf_dir = Path(args.classifier_dir) if args.classifier_dir else classifier_dir(cfg.data_dir)
-    classifiers = {} if args.no_coherence else load_classifiers(model.names, clf_dir, device)
+    if args.no_coherence:
+        classifiers = {}
+    elif is_dataset_file(cfg.dataset):  # the user's own data: classifiers trained on its tables (cached)
+        classifiers = run_classifiers(cfg, device, progress=not args.quiet)
+    else:
+        clf_dir = Path(args.classifier_dir) if args.classifier_dir else classifier_dir(cfg.data_dir)
+        classifiers = load_classifiers(model.names, clf_dir, device)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
     metrics, files = evaluate_run(cfg, model, train_data, test_data, classifiers, ecfg, out_dir=out,
@@ -109,11 +115,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e = subparsers.add_parser("eval", help="evaluate a trained run (or train the digit classifiers)", description=(
         "Evaluate a run: meme eval --checkpoint runs/x --out runs/x/eval writes metrics.json, relatedness.json "
         "and the figures. Coherence needs the digit classifiers of <data dir>/classifiers: train them once "
-        "with `meme eval classifiers --data-dir D`."))
+        "with `meme eval classifiers --data-dir D`; runs on a dataset file train their own classifiers on its "
+        "tables (cached by content)."))
     e.add_argument("--checkpoint", help="a run directory (holding checkpoint.pt) or a checkpoint file")
     e.add_argument("--out", help="output directory (default: <run dir>/eval)")
     e.add_argument("--data-dir", help="where the data lies, if not where the run was trained")
-    e.add_argument("--classifier-dir", help="digit classifiers (default: <data dir>/classifiers)")
+    e.add_argument("--classifier-dir", help="digit classifiers (default: <data dir>/classifiers; not used for dataset files)")
     e.add_argument("--model", help="refuse a checkpoint of any other model (e.g. meme)")
     e.add_argument("--no-coherence", action="store_true", help="skip coherence (no classifiers needed)")
     e.add_argument("--no-figures", action="store_true", help="metrics only")

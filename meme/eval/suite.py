@@ -112,6 +112,9 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
         enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device)
 
     with stage("coherence"):
+        for name, clf in classifiers.items():  # how far the judges themselves can be trusted
+            if getattr(clf, "test_accuracy", None) is not None:
+                metrics[f"classifier_acc_{name}"] = float(clf.test_accuracy)
         if has_labels(enc.labels):
             for a, b in ((0, 1), (1, 0)):
                 if names[b] in classifiers:

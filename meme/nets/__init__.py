@@ -7,6 +7,8 @@
 * ``appendix_k``: the networks of the paper's appendix K table.
 
 Every model (MEME and the baselines) builds its two modalities from the same family, like for like.
+Each family also has networks by kind (``image``, ``vector``, ``tokens``: ``meme.nets.shaped``), sized
+from the rows' shape, for datasets described by a file.
 Runs written before the family was a config key were trained with ``appendix_k``
 (``meme.config.LEGACY_DEFAULTS``).
 """
@@ -16,6 +18,8 @@ from meme.errors import MemeError
 from meme.nets.base import Modality, as_float
 from meme.nets.cub import CUBCaptionModality, CUBImageModality, PublishedCUBCaptionModality, PublishedCUBImageModality
 from meme.nets.mnist import MNISTModality, PublishedMNISTModality
+from meme.nets.shaped import (ImageModality, PublishedImageModality, PublishedTokensModality, PublishedVectorModality,
+                              TokensModality, VectorModality)
 from meme.nets.svhn import PublishedSVHNModality, SVHNModality
 
 FAMILIES: dict[str, dict[str, type[Modality]]] = {
@@ -24,12 +28,18 @@ FAMILIES: dict[str, dict[str, type[Modality]]] = {
         "svhn": PublishedSVHNModality,
         "cub_image": PublishedCUBImageModality,
         "cub_caption": PublishedCUBCaptionModality,
+        "image": PublishedImageModality,
+        "vector": PublishedVectorModality,
+        "tokens": PublishedTokensModality,
     },
     "appendix_k": {
         "mnist": MNISTModality,
         "svhn": SVHNModality,
         "cub_image": CUBImageModality,
         "cub_caption": CUBCaptionModality,
+        "image": ImageModality,
+        "vector": VectorModality,
+        "tokens": TokensModality,
     },
 }
 

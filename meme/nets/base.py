@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meme.dists import laplace_log_prob
+from meme.dists import categorical_log_prob, laplace_log_prob
 
 
 class Modality(nn.Module):
@@ -84,6 +84,34 @@ class LaplaceImageModality(Modality):
     def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
         # always in fp32: a bf16 sum over thousands of pixels loses too much
         return laplace_log_prob(x.float(), params.float(), self.llik_scale, len(self.event_shape))
+
+
+class TokenModality(Modality):
+    """A modality of token sequences (T,) over ``vocab_size`` ids: categorical likelihood with the padding id
+    (``pad_index``, or None) left out; MEME's pseudo-samples are (T, vocab) probability rows. Subclasses set
+    ``vocab_size``, ``pad_index`` and ``seq_len``, and their encoders take ids or probability rows."""
+
+    vocab_size: int
+    pad_index: int | None
+    seq_len: int
+
+    @property
+    def pseudo_shape(self) -> tuple[int, ...]:
+        return (self.seq_len, self.vocab_size)
+
+    def pseudo_input(self, rows: Tensor) -> Tensor:
+        """Token ids -> one-hot float rows (N, T, V), the encoder's probability input."""
+        return F.one_hot(rows.long(), self.vocab_size).float()
+
+    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
+        """sum over positions of log Cat(x_t; softmax(logits_t)), padding positions left out."""
+        tokens = x.long().expand(params.shape[:-1])
+        return categorical_log_prob(tokens, params, ignore_index=self.pad_index)
+
+    @staticmethod
+    def tokens(params: Tensor) -> Tensor:
+        """The most likely sequence of decoder logits."""
+        return params.argmax(-1)
 
 
 def as_float(x: Tensor) -> Tensor:

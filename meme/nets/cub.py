@@ -45,12 +45,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meme.dists import categorical_log_prob
 from meme.errors import MemeError
-from meme.nets.base import LaplaceImageModality, Modality
+from meme.nets.base import LaplaceImageModality, TokenModality
 
 VOCAB_SIZE = 1590
 MAX_LEN = 32
@@ -106,7 +104,7 @@ def _upconv(cin, cout, k, s, p, bn=True, bias=None):
     return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU(inplace=True)]
 
 
-class CUBCaptionModality(Modality):
+class CUBCaptionModality(TokenModality):
     name = "cub_caption"
     event_shape = (MAX_LEN,)
     #: the published family's switches (see the module docstring); appendix K's values here
@@ -124,6 +122,7 @@ class CUBCaptionModality(Modality):
         if not 0 <= pad_index < vocab_size:
             raise MemeError(f"pad_index={pad_index} is outside the vocabulary of {vocab_size}")
         self.vocab_size, self.max_len, self.embedding_dim, self.pad_index = vocab_size, max_len, embedding_dim, pad_index
+        self.seq_len = max_len
         self.event_shape = (max_len,)
         pub = self.published
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_index if pub else None)
@@ -150,15 +149,6 @@ class CUBCaptionModality(Modality):
         else:
             self.out_bias = nn.Parameter(torch.zeros(vocab_size))
 
-    # ------------------------------------------------------------- MEME hooks
-    @property
-    def pseudo_shape(self) -> tuple[int, ...]:
-        return (self.max_len, self.vocab_size)
-
-    def pseudo_input(self, rows: Tensor) -> Tensor:
-        """Token ids -> one-hot float rows (N, 32, V), the encoder's probability input."""
-        return F.one_hot(rows.long(), self.vocab_size).float()
-
     # ------------------------------------------------------------- networks
     def embed(self, x: Tensor) -> Tensor:
         """(N, T) ids or (N, T, V) probabilities -> (N, T, E)."""
@@ -177,16 +167,6 @@ class CUBCaptionModality(Modality):
         if self.published:
             return self.to_vocab(h)
         return h @ self.embedding.weight.to(h.dtype).t() + self.out_bias.to(h.dtype)   # transposed word embedding
-
-    def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
-        """sum over positions of log Cat(x_t; softmax(logits_t)), ``<pad>`` positions left out."""
-        tokens = x.long().expand(params.shape[:-1])
-        return categorical_log_prob(tokens, params, ignore_index=self.pad_index)
-
-    @staticmethod
-    def tokens(params: Tensor) -> Tensor:
-        """The most likely caption of decoder logits."""
-        return params.argmax(-1)
 
 
 class PublishedCUBCaptionModality(CUBCaptionModality):
