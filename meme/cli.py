@@ -51,10 +51,10 @@ def cmd_data(args) -> int:
     for flag, n in (("--n-train", args.n_train), ("--n-test", args.n_test)):
         if n is not None and args.what in ("download", "mnist-views"):
             raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to {args.what}")
-    if (args.out is not None) != (args.what == "mnist-views"):
-        raise MemeError("--out goes with mnist-views (where to write its tables), and only with it")
         if n is not None and n < 10:
             raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
+    if (args.out is not None) != (args.what == "mnist-views"):
+        raise MemeError("--out goes with mnist-views (where to write its tables), and only with it")
     if args.what == "download":
         for split in ("train", "test"):
             x, _ = load_mnist(root, split, download=True)
