@@ -69,7 +69,7 @@ def main() -> None:
     if args.checkpoint:
         from meme.eval import load_classifiers
         from meme.eval.classifiers import classifier_dir
-        from meme.eval.cli import load_run
+        from meme.runs import load_run
 
         model, cfg, train, test = load_run(args.checkpoint, args.data_dir)
         classifiers = load_classifiers(model.names, args.classifier_dir or classifier_dir(cfg.data_dir))

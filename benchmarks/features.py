@@ -12,15 +12,12 @@
    tensor from each (``meme.features.store.read_images`` with page-checksum verification, and
    ``torch.from_numpy(numpy.load(...))``), best and median of ``--repeats``. Both read from the page cache.
    The reader verifies page checksums on a process's first read of a file; that read is printed apart.
-   For comparison it also times the store's version-1 layout (fixed_size_list<float32>[2048], which
-   Parquet decodes with a repetition level per float).
 3. **Text** (with ``--captions``): tokenize, build the vocabulary and fit FastText (300-d, window 3,
    10 epochs) on all the given captions; time, peak memory (RSS) and the nearest words of a few queries.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -31,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 
 def bench_extraction(tmp: Path, n: int, size: int, batch_size: int, device: str, workers: int) -> float:
     from PIL import Image
 
-    from meme.data.cub import read_cub_images, write_synthetic_cub
+    from meme.features.cub_files import read_cub_images, write_synthetic_cub
     from meme.features.resnet import extract_image_features
 
     per_class = max(1, n // 5)
@@ -65,24 +61,10 @@ def bench_loading(tmp: Path, rows: int, repeats: int) -> dict:
     store = tmp / "load"
     st.write_table(store / st.FILES["images"], "images", cols, st.make_meta("images", "classes", {}, {}))
     np.save(tmp / "features.npy", feats)
-    # for comparison: the same table in the store's version-1 layout (features as fixed_size_list<float32>[2048]),
-    # which the reader still reads; Parquet decodes a repetition level per float there
-    v1 = tmp / "v1"
-    v1_cols = {**cols, "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), 2048)}
-    v1_meta = {**st.make_meta("images", "classes", {}, {}), "version": 1}
-    table = pa.Table.from_arrays([v1_cols[f.name] for f in st.image_schema(2048, version=1)],
-                                 schema=st.image_schema(2048, version=1))
-    v1.mkdir()
-    pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(v1_meta).encode()}), v1 / st.FILES["images"],
-                   compression="NONE", write_statistics=False, row_group_size=rows)
-
-    def read_v1():
-        return st.read_images(v1).features
-
     t0 = time.perf_counter()
     st.read_images(store)
     first = time.perf_counter() - t0  # the process's first read of the file also verifies its page checksums
-    times = {"parquet": [], "numpy": [], "v1": []}
+    times = {"parquet": [], "numpy": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         a = st.read_images(store).features
@@ -90,11 +72,7 @@ def bench_loading(tmp: Path, rows: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         b = torch.from_numpy(np.load(tmp / "features.npy"))
         times["numpy"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        c = read_v1()
-        times["v1"].append(time.perf_counter() - t0)
         assert torch.equal(a, b), "store reader"
-        assert torch.equal(c, b), "version-1 reader"
     out = {k: (min(v), statistics.median(v)) for k, v in times.items()}
     out["mb"] = feats.nbytes / 2**20
     out["first"] = first
@@ -156,9 +134,6 @@ def main() -> None:
               f"verifies the page checksums: {r['first'] * 1e3:.1f} ms)")
         print(f"  numpy.load             {nb * 1e3:.1f} / {nm * 1e3:.1f} ms")
         print(f"  ratio Parquet / numpy  {pb / nb:.2f}x best, {pm / nm:.2f}x median (target <= 1.5x)")
-        bb, bm = r["v1"]
-        print(f"  for comparison, store version 1 (fixed_size_list<float32>[2048]): {bb * 1e3:.1f} / {bm * 1e3:.1f} ms "
-              f"({bb / nb:.2f}x / {bm / nm:.2f}x numpy)")
     if args.captions is not None:  # in a fresh process, so that its peak memory is the text pipeline's own
         subprocess.run([sys.executable, __file__, "--text-only", "--captions", str(args.captions),
                         "--queries", *args.queries], check=True)

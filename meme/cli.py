@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from meme.errors import MemeError
 from meme.paths import check_dir_target
@@ -17,7 +16,7 @@ from meme.paths import check_dir_target
 log = logging.getLogger("meme")
 
 
-def _config_from_args(args) -> "TrainConfig":  # noqa: F821
+def _config_from_args(args):
     from meme.config import TrainConfig
 
     base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
@@ -83,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model", description=(
         "Train a model. Example: meme train --dataset mnist_svhn --supervision 0.25 --observed mnist "
-        "--epochs 100 --out runs/x. Writes config.json, checkpoint.pt, metrics.jsonl and metrics.json "
+        "--epochs 100 --out runs/x. Writes config.json, checkpoint.pt, metrics.jsonl, metrics.json and eval/ "
         "into --out; an existing run there with the same config is resumed."))
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--config", help="a config.json to start from (options given here override it)")
     t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    from meme.config import HELP, TrainConfig
+    from meme.config import TrainConfig
 
-    TrainConfig.add_options(t, HELP)
+    TrainConfig.add_options(t)
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="download data, or generate stand-ins", description=(

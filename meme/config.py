@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,15 @@ class FlatConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def add_options(cls, parser, help: dict[str, str]) -> None:
+    def add_options(cls, parser) -> None:
         """One command-line option per key (``--max-train-pairs``; booleans as ``--x`` / ``--no-x``), default
-        None so that only the options given count; ``help`` holds each key's text."""
+        None so that only the options given count; each key's help is its field's (``key``)."""
         import argparse
 
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             typ = f.type if isinstance(f.type, str) else f.type.__name__
-            text = f"{help.get(f.name, '')} (default: {f.default!r})"
+            text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
             if typ == "bool":
                 parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
             else:
@@ -87,6 +87,11 @@ class FlatConfig:
             raise MemeError(f"cannot read {cls._what} {path}: {e}") from None
 
 
+def key(default, help: str):
+    """A config field with its one line of help, written once: the CLI's ``--help`` and the docs read it."""
+    return field(default=default, metadata={"help": help})
+
+
 #: keys whose default changed after runs were written without them: the value such a run was trained with
 #: (``nets``: before the network family became a key, every run used appendix K's networks)
 LEGACY_DEFAULTS = {"nets": "appendix_k"}
@@ -95,47 +100,47 @@ LEGACY_DEFAULTS = {"nets": "appendix_k"}
 @dataclass(frozen=True)
 class TrainConfig(FlatConfig):
     # what to train
-    model: str = "meme"
-    dataset: str = "mnist_svhn"
+    model: str = key("meme", 'meme | mvae | mmvae | mopoe | mmjsd')
+    dataset: str = key("mnist_svhn", 'mnist_svhn | cub | a dataset file (path/to/data.yaml: your own two modalities)')
     # data
-    data_dir: str = ""            # "" = $MEME_DATA_DIR or ~/.cache/meme
-    download: bool = True
-    pairings: int = 1             # random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)
-    data_seed: int = 0            # seeds the pairing and which examples stay paired
-    max_train_pairs: int = 0      # 0 = all; otherwise a random N of the training pairs (seeded by data_seed)
-    max_test_pairs: int = 0
-    features_dir: str = ""        # CUB feature store ("" = <data dir>/cub/features)
+    data_dir: str = key("", '"" = $MEME_DATA_DIR or ~/.cache/meme')
+    download: bool = key(True, 'download missing MNIST/SVHN files (--no-download: fail instead)')
+    pairings: int = key(1, 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)')
+    data_seed: int = key(0, 'seeds the pairing and which examples stay paired')
+    max_train_pairs: int = key(0, '0 = all; otherwise a random N of the training pairs, seeded by data_seed (quick runs)')
+    max_test_pairs: int = key(0, '0 = all; otherwise a random N of the test pairs, seeded by data_seed')
+    features_dir: str = key("", 'CUB feature store written by `meme features` ("" = <data dir>/cub/features)')
     # partial observation (paper §4.1, appendix J.2)
-    supervision: float = 1.0      # fraction f in (0, 1] of pairs observed together
-    observed: str = "split"       # what the unpaired rest keeps: a modality name, or "split"
-    paired_only: bool = False     # drop the unpaired rest (ablation J.2)
+    supervision: float = key(1.0, 'fraction f in (0, 1] of pairs observed together')
+    observed: str = key("split", 'what the unpaired rest keeps: a modality name, or "split"')
+    paired_only: bool = key(False, 'drop the unpaired rest (ablation J.2)')
     # networks and objective
-    nets: str = "published"       # network family: published (the published MEME code's) | appendix_k
-    latent_dim: int = 0           # 0 = the dataset's own (64, or a dataset file's latent_dim)
-    sigma_floor: float = 0.0      # floor on the encoders' sigma; 0 = the family's own (published: 1e-3 MNIST, 1e-4 SVHN)
-    llik_scale: float = 1.0       # fixed Laplace scale of image likelihoods (1.0 in the published MEME code)
-    K: int = 10                   # extra posterior samples in the log q(t|s) estimate
-    lam: float = 10.0             # weight of log q(t|s)
-    n_pseudo: int = 100           # pseudo-samples per modality (mixture prior of a missing modality)
-    direction: str = "both"       # both | t_supervises_s | s_supervises_t
-    beta: float = 1.0             # weight of the KL / JS term of MVAE, MoPoE and mmJSD
-    mmvae_posterior: str = "gaussian"  # posterior and prior family of MMVAE: gaussian | laplace
-    mmvae_estimator: str = "elbo"  # MMVAE objective: elbo (stratified, as published) | iwae | dreg
-    mmvae_samples: int = 1        # samples per modality (K) of the MMVAE estimators
+    nets: str = key("published", "network family: published (the published MEME code's, default) | appendix_k (the paper's appendix K table)")
+    latent_dim: int = key(0, "latent size; 0 = the dataset's own (64, or the dataset file's latent_dim)")
+    sigma_floor: float = key(0.0, "floor on the encoders' sigma; 0 = the network family's own (published: 1e-3 MNIST, 1e-4 SVHN; appendix_k: 1e-3)")
+    llik_scale: float = key(1.0, 'fixed Laplace scale of image likelihoods (1.0 in the published MEME code)')
+    K: int = key(10, 'extra posterior samples in the log q(t|s) estimate')
+    lam: float = key(10.0, 'weight of log q(t|s)')
+    n_pseudo: int = key(100, 'pseudo-samples per modality (mixture prior of a missing modality)')
+    direction: str = key("both", 'both | t_supervises_s | s_supervises_t')
+    beta: float = key(1.0, 'weight of the KL / JS term of MVAE, MoPoE and mmJSD')
+    mmvae_posterior: str = key("gaussian", 'posterior and prior family of MMVAE: gaussian (like-for-like) | laplace (original MMVAE)')
+    mmvae_estimator: str = key("elbo", 'MMVAE objective: elbo (stratified, as published) | iwae | dreg')
+    mmvae_samples: int = key(1, 'samples per modality (K) of the MMVAE estimators (30 with dreg in the MMVAE code)')
     # optimisation
-    lr: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    batch_size: int = 128
-    epochs: int = 100
-    seed: int = 0
+    lr: float = key(5e-4, 'Adam learning rate (5e-4 in the paper)')
+    beta1: float = key(0.9, "Adam's beta1")
+    beta2: float = key(0.999, "Adam's beta2")
+    batch_size: int = key(128, 'examples per batch (128 in the paper)')
+    epochs: int = key(100, 'epochs to train (100 for MNIST-SVHN in the paper, 300 for CUB)')
+    seed: int = key(0, 'seeds the initial weights, the batch order and the sampling')
     # execution
-    device: str = "auto"          # auto | cpu | cuda | cuda:N
-    precision: str = "auto"       # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32
-    compile: bool = False         # torch.compile the networks
-    num_threads: int = 0          # 0 = torch's default
-    checkpoint_every: int = 1     # epochs between checkpoints (the last epoch is always saved)
-    eval_every: int = 0           # evaluate every N epochs and at the last (0 = never during training)
+    device: str = key("auto", 'auto | cpu | cuda | cuda:N')
+    precision: str = key("auto", 'auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32')
+    compile: bool = key(False, 'torch.compile the loss (the networks and the objective in one graph)')
+    num_threads: int = key(0, "0 = torch's default")
+    checkpoint_every: int = key(1, 'epochs between checkpoints (the last epoch is always saved)')
+    eval_every: int = key(0, 'evaluate every N epochs and always after the last (0 = after the last only)')
 
     _legacy = LEGACY_DEFAULTS
 
@@ -184,37 +189,6 @@ class TrainConfig(FlatConfig):
             raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
 
 
-#: one line of help per key (the CLI's --help and the docs)
-HELP = {
-    'data_dir': '"" = $MEME_DATA_DIR or ~/.cache/meme',
-    'dataset': 'mnist_svhn | cub | a dataset file (path/to/data.yaml: your own two modalities)',
-    'latent_dim': "latent size; 0 = the dataset's own (64, or the dataset file's latent_dim)",
-    'pairings': 'random matchings per digit (1 as in the MEME code; 20-30 as in MMVAE)',
-    'data_seed': 'seeds the pairing and which examples stay paired',
-    'max_train_pairs': '0 = all; otherwise a random N of the training pairs, seeded by data_seed (quick runs)',
-    'max_test_pairs': '0 = all; otherwise a random N of the test pairs, seeded by data_seed',
-    'features_dir': 'CUB feature store written by `meme features` ("" = <data dir>/cub/features)',
-    'supervision': 'fraction f in (0, 1] of pairs observed together',
-    'observed': 'what the unpaired rest keeps: a modality name, or "split"',
-    'paired_only': 'drop the unpaired rest (ablation J.2)',
-    'nets': 'network family: published (the published MEME code\'s, default) | appendix_k (the paper\'s appendix K table)',
-    'sigma_floor': "floor on the encoders' sigma; 0 = the network family's own (published: 1e-3 MNIST, 1e-4 SVHN; appendix_k: 1e-3)",
-    'llik_scale': 'fixed Laplace scale of image likelihoods (1.0 in the published MEME code)',
-    'K': 'extra posterior samples in the log q(t|s) estimate',
-    'lam': 'weight of log q(t|s)',
-    'n_pseudo': 'pseudo-samples per modality (mixture prior of a missing modality)',
-    'direction': 'both | t_supervises_s | s_supervises_t',
-    'beta': 'weight of the KL / JS term of MVAE, MoPoE and mmJSD',
-    'mmvae_posterior': 'posterior and prior family of MMVAE: gaussian (like-for-like) | laplace (original MMVAE)',
-    'mmvae_estimator': 'MMVAE objective: elbo (stratified, as published) | iwae | dreg',
-    'mmvae_samples': 'samples per modality (K) of the MMVAE estimators (30 with dreg in the MMVAE code)',
-    'device': 'auto | cpu | cuda | cuda:N',
-    'precision': 'auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX), else fp32',
-    'compile': 'torch.compile the networks',
-    'num_threads': "0 = torch's default",
-    'checkpoint_every': 'epochs between checkpoints (the last epoch is always saved)',
-    'eval_every': 'evaluate every N epochs and at the last (0 = never during training)',
-}
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

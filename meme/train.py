@@ -2,14 +2,15 @@
 
 Reads top to bottom:
 
-    trainer = Trainer(cfg)                 # data, observation plan, model, optimiser
+    trainer = Trainer(cfg)                 # data, observation plan, model (meme.runs.build_run), optimiser
     trainer.load(ckpt)                     # optional: resume (bit-identical continuation on CPU)
-    for epoch in range(trainer.epoch + 1, cfg.epochs + 1):
-        metrics = trainer.run_epoch()      # one pass over the interleaved paired/unpaired batches
-        trainer.save(ckpt)
+    for metrics in trainer.epochs(evaluate):   # each epoch: one pass over the interleaved batches,
+        if trainer.save_due():                 # evaluated every eval_every epochs and after the last
+            trainer.save(ckpt)
 
 ``train(cfg, out_dir)`` does exactly that, writing ``config.json``, ``checkpoint.pt`` and
-``metrics.jsonl`` into ``out_dir`` and yielding each epoch's metrics.
+``metrics.jsonl`` into ``out_dir`` and yielding each epoch's metrics; the orchestrator's trials drive
+the same ``Trainer.epochs`` loop (``orchestration/trainable.py``).
 
 Every epoch reseeds torch from ``(seed, epoch)`` and the loader's order depends only on
 ``(seed, epoch)``, so resuming from a checkpoint replays the remaining epochs exactly.
@@ -22,47 +23,25 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
 from meme.config import TrainConfig
-from meme.data import BatchLoader, get_dataset, make_observation
+from meme.device import resolve_device, resolve_precision
+from meme.data import BatchLoader, get_dataset
 from meme.data.batch import gather
 from meme.errors import MemeError
-from meme.models import build_model
+from meme.runs import build_run
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
 
 
 class NonFiniteLoss(MemeError):
     """Training produced a NaN or infinite loss; the run stops with this reason."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MemeError(f"device {name!r} asked for, but no CUDA GPU is visible; use --device cpu or auto")
-    return dev
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AMX / AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX", "AVX512_AMX")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
-        return "bf16"
-    return "fp32"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -76,23 +55,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        spec = get_dataset(cfg.dataset)
-        self.train_data = train_data if train_data is not None else spec.load(cfg, "train")
+        run = build_run(cfg, train_data)
+        self.train_data, self.observation, self.model = run.train_data, run.observation, run.model.to(self.device)
         self._test_data = test_data
-        if cfg.max_train_pairs:
-            self.train_data = self.train_data.sample(cfg.max_train_pairs, cfg.data_seed)
-        if len(self.train_data) == 0:
-            raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
-        self.observation = make_observation(len(self.train_data), cfg.supervision, cfg.observed, self.train_data.names,
-                                            cfg.paired_only, cfg.data_seed)
-        torch.manual_seed(cfg.seed)
-        modalities = spec.build_modalities(cfg, self.train_data)
-        self.model = build_model(cfg, modalities, self.train_data, self.observation).to(self.device)
-        if not self.model.learns_from_unpaired and (self.observation.s_only.numel() or self.observation.t_only.numel()):
-            log.warning("%s cannot learn from unpaired examples: training on the %d paired examples only",
-                        cfg.model, self.observation.paired.numel())
-            self.observation = make_observation(len(self.train_data), cfg.supervision, cfg.observed,
-                                                self.train_data.names, True, cfg.data_seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         if self.device.type == "cuda":  # keep the uint8 tables on the GPU; batches are sliced there
             self.train_data = self.train_data.to(self.device)
@@ -167,6 +132,25 @@ class Trainer:
                                 f"(lr={self.cfg.lr}); the trial stops here")
         return out
 
+    def eval_due(self) -> bool:
+        """Whether the epoch just run is evaluated: every ``eval_every`` epochs, and always the last one."""
+        every = self.cfg.eval_every
+        return self.epoch == self.cfg.epochs or bool(every and self.epoch % every == 0)
+
+    def save_due(self) -> bool:
+        """Whether the epoch just run is checkpointed: every ``checkpoint_every`` epochs, and always the last one."""
+        return self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
+
+    def epochs(self, evaluate: Callable[[bool], dict] | None = None, progress: bool = False) -> Iterator[dict]:
+        """The training loop, for every caller (``train`` here, the orchestrator's trials): run the epochs left
+        up to ``cfg.epochs`` and yield each one's metrics, with ``evaluate(final)``'s merged in where
+        ``eval_due``. The caller checkpoints (``save_due``) and logs what it is given."""
+        while self.epoch < self.cfg.epochs:
+            metrics = self.run_epoch(progress=progress)
+            if evaluate is not None and self.eval_due():
+                metrics.update(evaluate(self.epoch == self.cfg.epochs))
+            yield metrics
+
     # ------------------------------------------------------------- evaluation
     def evaluate(self, eval_cfg=None, classifiers=None, out_dir=None, figures: bool = False) -> tuple[dict, list]:
         """The evaluation suite (``meme.eval.evaluate``, plus the dataset's extras such as CUB's CCA:
@@ -210,48 +194,6 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path))
 
 
-def load_checkpoint(path) -> dict:
-    """A checkpoint file or a run directory holding ``checkpoint.pt``; loaded with ``weights_only=True``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.exists():
-        raise MemeError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MemeError(f"checkpoint {path} is corrupt or not a MEME checkpoint ({_load_error(e)}); it is not "
-                        f"loaded any other way (a checkpoint is plain tensors, read with weights_only=True)") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise MemeError(f"{path} is not a checkpoint written by meme (no model/config entries)")
-    return state
-
-
-def stored_config(state: dict) -> TrainConfig:
-    """The config a checkpoint was trained with (keys added since then as that run had them)."""
-    return TrainConfig.from_stored(state["config"])
-
-
-def _load_error(e: Exception) -> str:
-    """torch.load's error without its advice to retry with weights_only=False (wrong for an untrusted file)."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'unreadable'}"
-
-
-def check_checkpoint(state: dict, model_name: str | None, modalities, source: str, nets: str | None = None) -> None:
-    if model_name is not None and state.get("model_name") != model_name:
-        raise MemeError(f"{source} holds a {state.get('model_name')!r} model, expected {model_name!r}")
-    if modalities is not None and tuple(state.get("modalities", ())) != tuple(modalities):
-        raise MemeError(f"{source} is for modalities {tuple(state.get('modalities', ()))}, expected {tuple(modalities)}")
-    if nets is not None:
-        trained = TrainConfig.with_legacy(state.get("config", {})).get("nets")
-        if trained != nets:
-            raise MemeError(f"{source} was trained with nets={trained!r} and cannot continue as nets={nets!r}; "
-                            f"resume it with --nets {trained} (valid: the family it was trained with)")
-
-
 def _resumable(cfg: TrainConfig) -> dict:
     """What must match for a run to resume: the config less ``epochs``, with ``sigma_floor`` as the floor each
     modality gets (0 means the family's own: appendix K's 1e-3 equals an explicit 1e-3) and ``latent_dim`` as
@@ -264,6 +206,17 @@ def _resumable(cfg: TrainConfig) -> dict:
                              for n in spec.network_keys or spec.names)
     d["latent_dim"] = cfg.latent_dim or spec.latent_dim
     return d
+
+
+def keep_logged_epochs(path: Path, last: int) -> None:
+    """Drop the lines of ``metrics.jsonl`` after epoch ``last`` (epochs run after the last checkpoint, which a
+    resumed run runs and logs again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= last]
+    if len(kept) != len(lines):
+        path.write_text("".join(ln + "\n" for ln in kept))
 
 
 def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True) -> Iterator[dict]:
@@ -283,19 +236,20 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
                 raise MemeError(f"{out} holds a run with a different config ({', '.join(diff)}); "
                                 f"use another --out or pass --no-resume to overwrite it")
             trainer.load_state_dict(state)
+            keep_logged_epochs(out / "metrics.jsonl", trainer.epoch)
             log.info("resuming %s from epoch %d", out, trainer.epoch)
         elif (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()
         cfg.save(out / "config.json")
         (out / "metadata.json").write_text(json.dumps(trainer.metadata(), indent=2) + "\n")
-    while trainer.epoch < cfg.epochs:
-        metrics = trainer.run_epoch(progress=progress)
-        if cfg.eval_every and (trainer.epoch % cfg.eval_every == 0 or trainer.epoch == cfg.epochs):
-            final = trainer.epoch == cfg.epochs
-            evals, _ = trainer.evaluate(out_dir=out / "eval" if (out is not None and final) else None, figures=final)
-            metrics.update({f"eval_{k}": v for k, v in evals.items()})
+
+    def evaluate(final: bool) -> dict:
+        evals, _ = trainer.evaluate(out_dir=out / "eval" if (out is not None and final) else None, figures=final)
+        return {f"eval_{k}": v for k, v in evals.items()}
+
+    for metrics in trainer.epochs(evaluate, progress=progress):
         if out is not None:
-            if trainer.epoch % cfg.checkpoint_every == 0 or trainer.epoch == cfg.epochs:
+            if trainer.save_due():
                 trainer.save(out / CHECKPOINT)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")

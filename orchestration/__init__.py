@@ -6,5 +6,21 @@
 * ``sweep``: ``python orchestration/sweep.py --study NAME``, the front door.
 * ``report``: ``python orchestration/report.py --study NAME``, the paper's figures and tables from MLflow.
 
-``meme`` never imports this package; this package imports ``meme``.
+``meme`` never imports this package; this package imports ``meme``. Its dependencies (Ray Tune, Optuna,
+MLflow) are the ``orchestrate`` extra: ``pip install -e '.[orchestrate]'`` (``.[dev]`` includes it).
 """
+from __future__ import annotations
+
+import importlib.util
+
+ORCHESTRATION_MODULES = ("ray", "optuna", "mlflow")
+
+
+def check_orchestration_installed() -> None:
+    """A one-line ``MemeError`` naming what is missing when the orchestrator's dependencies are not installed."""
+    from meme.errors import MemeError
+
+    missing = [m for m in ORCHESTRATION_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MemeError(f"the orchestrator needs {', '.join(missing)}, which are not installed; install the "
+                        f"orchestrate extra: pip install -e '.[orchestrate]' (the library alone: pip install -e .)")

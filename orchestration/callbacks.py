@@ -40,14 +40,17 @@ def trial_error_text(trial) -> str:
     return "the trial's worker failed (see the trial's error.txt in the Ray results folder)"
 
 
-class _Lazy(tune.Callback):
+class _PicklesWithoutHandles(tune.Callback):
+    """A Tune callback whose open handles (``_transient``: a progress bar, an MLflow client) are left out when
+    Tune pickles its state; they are made again on first use."""
+
     _transient: tuple[str, ...] = ()
 
     def __getstate__(self):
         return {k: (None if k in self._transient else v) for k, v in self.__dict__.items()}
 
 
-class ProgressCallback(_Lazy):
+class ProgressCallback(_PicklesWithoutHandles):
     """One progress bar over all the study's epochs, and one line per trial event."""
 
     _transient = ("_bar",)
@@ -109,7 +112,7 @@ class ProgressCallback(_Lazy):
             self._bar = None
 
 
-class TrackingCallback(_Lazy):
+class TrackingCallback(_PicklesWithoutHandles):
     """Sets each child run's terminal status from the driver: FINISHED (with ``meme.stopped_early`` when a
     scheduler stopped it), FAILED (with the reason) and the number of restarts. A tracking hiccup is
     logged, never fatal to the study."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from meme.config import TrainConfig
 from meme.errors import MemeError
+from orchestration import check_orchestration_installed
 from orchestration.study import ClaimSide, ClaimSpec, FigureSpec, Study, TableSpec, load_study, parse_study
 from orchestration.tracking import (PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, check_reachable, child_runs,
                                     client_for)
@@ -374,6 +375,7 @@ def main(argv=None) -> int:
     from orchestration.tracking import default_tracking_uri
 
     try:
+        check_orchestration_installed()
         files, skipped = report(args.study, args.tracking_uri or default_tracking_uri(), args.experiment,
                                 args.run_id, args.out, not args.no_log)
     except MemeError as e:

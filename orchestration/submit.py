@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from meme.errors import MemeError
+from orchestration import check_orchestration_installed
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ def main(argv=None) -> int:
     args, sweep_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_orchestration_installed()
         if not (args.logs or args.status or args.stop or args.list):
             return submit(args, sweep_args)
         if sweep_args:

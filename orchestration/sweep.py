@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 
 from meme.errors import MemeError
+from orchestration import check_orchestration_installed
 from orchestration.study import (Study, check_gpus, load_study, parse_study, study_names, trial_name)
 
 log = logging.getLogger("orchestration.sweep")
@@ -691,6 +692,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_orchestration_installed()
         return run(args)
     except MemeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -6,10 +6,8 @@
     state = session.checkpoint()                     # resume: the last Tune checkpoint, if any
     tracker = the trial's MLflow child run           # found again after a restart (same trial key)
     trainer = Trainer(cfg); trainer.load_state_dict(state)
-    while trainer.epoch < cfg.epochs:
-        metrics = trainer.run_epoch()                # training metrics, every epoch
-        metrics |= evaluate(...)                     # every cfg.eval_every epochs and at the end
-        tracker.log_epoch(metrics, step=epoch)
+    for metrics in trainer.epochs(evaluate):         # meme train's loop: training metrics every epoch, the
+        tracker.log_epoch(metrics, step=epoch)       # evaluation every cfg.eval_every epochs and at the end
         session.report(metrics, checkpoint=trainer)  # every cfg.checkpoint_every epochs and at the end
 
 ``TuneSession`` reports through ``ray.tune.report`` with a ``tune.Checkpoint`` (the trainer's plain state
@@ -172,20 +170,19 @@ def _train(cfg: TrainConfig, settings: TrialSettings, session, state, tracker) -
         trainer.load_state_dict(state)
         log.info("trial %s resumes after epoch %d", session.trial_key, trainer.epoch)
     classifiers = load_classifiers(settings.classifiers, trainer.model.names, trainer.device)
+
+    def evaluate(final: bool) -> dict:
+        with tempfile.TemporaryDirectory(prefix="meme-eval-") as d:
+            metrics = evaluate_model(trainer, classifiers, settings.eval, out_dir=d if final else None, figures=final)
+            if final and tracker is not None:
+                tracker.log_artifacts(d, "eval")
+        return metrics
+
     last: dict = {}
-    while trainer.epoch < cfg.epochs:
-        metrics = trainer.run_epoch()
-        final = trainer.epoch == cfg.epochs
-        if final or (cfg.eval_every and trainer.epoch % cfg.eval_every == 0):
-            with tempfile.TemporaryDirectory(prefix="meme-eval-") as d:
-                metrics.update(evaluate_model(trainer, classifiers, settings.eval, out_dir=d if final else None,
-                                              figures=final))
-                if final and tracker is not None:
-                    tracker.log_artifacts(d, "eval")
+    for metrics in trainer.epochs(evaluate):
         if tracker is not None:
             tracker.log_epoch(metrics, trainer.epoch)
-        save = final or trainer.epoch % cfg.checkpoint_every == 0
-        session.report(metrics, trainer if save else None)
+        session.report(metrics, trainer if trainer.save_due() else None)
         last = metrics
     return last
 

@@ -12,7 +12,7 @@ from torch.distributions import Laplace, Normal, kl_divergence
 
 from meme.cli import main
 from meme.config import TrainConfig
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.errors import MemeError
 from meme.models import MODELS, MMJSD, MMVAE, MVAE, MoPoE
 from meme.models.experts import component_of, poe, select_components, with_prior_expert

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from test_cluster_support import (ROOT, SUBMIT, epochs_logged, free_ports, mlflow_children, only_run, study_args,

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from meme.data.cub import (MMVAE_TEST_CLASSES, SYNTHETIC_CLASSES, find_cub_root, read_captions, read_cub_images,
+from meme.features.cub_files import (MMVAE_TEST_CLASSES, SYNTHETIC_CLASSES, find_cub_root, read_captions, read_cub_images,
                            read_flat_captions_only, write_synthetic_cub)
 from meme.errors import MemeError
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from meme.config import TrainConfig
-from meme.data.cub import read_captions, read_cub_images, write_synthetic_cub
+from meme.features.cub_files import read_captions, read_cub_images, write_synthetic_cub
 from meme.errors import MemeError
 from meme.features.captions import CaptionSettings, build_caption_store, write_standin_images
 from meme.features.text import FastTextSettings
@@ -188,7 +188,7 @@ def test_cli_train_on_cub(store, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((ev / "metrics.json").read_text())
     from meme.eval.cca import cub_cca_metrics, fit_cub_cca
-    from meme.eval.cli import load_run
+    from meme.runs import load_run
     from meme.features.store import read_sentence_embedder
 
     model, _, train, test = load_run(out)

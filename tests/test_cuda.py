@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from meme.config import TrainConfig
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.models.meme import MEME
 from meme.models.reference import reference_meme_loss
 from meme.nets import FAMILIES

@@ -11,7 +11,7 @@ from meme.config import TrainConfig
 from meme.errors import MemeError
 from meme.eval import EvalConfig, evaluate, load_classifiers
 from meme.eval.classifiers import accuracy, ensure_classifiers, load_classifier, predict
-from meme.eval.cli import load_run
+from meme.runs import load_run
 from meme.train import train
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from meme.data.cub import read_cub_images, write_synthetic_cub
+from meme.features.cub_files import read_cub_images, write_synthetic_cub
 from meme.errors import MemeError
 from meme.features import resnet as rn
 from meme.features import store as st

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from meme.data.cub import read_captions, read_cub_images, write_synthetic_cub
+from meme.data.cub import load_paired
 from meme.errors import MemeError
 from meme.features import store as st
 from meme.features.captions import CaptionSettings, build_caption_store, write_standin_images
+from meme.features.cub_files import read_captions, read_cub_images, write_synthetic_cub
 from meme.features.text import FastTextSettings, Vocab, tokenize
 
 SMALL = CaptionSettings(fasttext=FastTextSettings(dim=16, epochs=2, bucket=1000))
@@ -108,23 +109,22 @@ def test_schema_and_version_mismatch(tmp_path):
     old = {**st.read_meta(path), "version": 0}
     t = pq.read_table(path)
     pq.write_table(t.replace_schema_metadata({st.META_KEY: json.dumps(old).encode()}), path)
-    with pytest.raises(MemeError, match="store version 0, this meme reads versions 1, 2; extract the features again"):
+    with pytest.raises(MemeError, match="store version 0, this meme reads versions 2; extract the features again"):
         st.read_images(tmp_path)
     _write_images(path)
     with pytest.raises(MemeError, match="holds a 'images' table, expected 'captions'"):
         st.read_table(path, "captions")
 
 
-def test_version_1_stores_with_fixed_size_lists_still_read_bit_exact(tmp_path):
-    feats, cols = _image_columns()
-    v1 = {**cols, "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), 2048)}
-    schema = st.image_schema(2048, version=1)
-    meta = {**st.make_meta("images", "classes", {}, {}), "version": 1}
-    table = pa.Table.from_arrays([v1[f.name] for f in schema], schema=schema)
-    pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), tmp_path / st.FILES["images"])
-    images = st.read_images(tmp_path)
-    assert images.meta["version"] == 1
-    assert torch.equal(images.features.view(torch.int32), torch.from_numpy(feats).view(torch.int32))
+def test_version_1_stores_are_refused_with_the_fix(tmp_path):
+    """Version 1 (fixed-size-list vectors) never shipped outside this repository; such a store is extracted again."""
+    path = tmp_path / st.FILES["images"]
+    _write_images(path)
+    table = pq.read_table(path)
+    meta = {**st.read_meta(path), "version": 1}
+    pq.write_table(table.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), path)
+    with pytest.raises(MemeError, match="store version 1, this meme reads versions 2; extract the features again"):
+        st.read_images(tmp_path)
 
 
 def test_page_checksums_are_verified_once_per_process_and_file(tmp_path, monkeypatch):
@@ -184,7 +184,7 @@ def test_paired_loading_and_standin(built, tmp_path):
     assert imgs.meta["standin"] is True and imgs.features.shape == (len(images), 2048)
     assert (imgs.features >= 0).all()
     for split in ("train", "test"):
-        data = st.load_paired(store, split)
+        data = load_paired(store, split)
         n = int(table.mask(split).sum())
         assert data.names == ("cub_image", "cub_caption") and len(data) == n
         cap_rows = table.mask(split).nonzero().flatten()
@@ -199,4 +199,4 @@ def test_paired_loading_and_standin(built, tmp_path):
     meta = {**json.loads(t.schema.metadata[st.META_KEY]), "split_scheme": "official"}
     pq.write_table(t.replace_schema_metadata({st.META_KEY: json.dumps(meta).encode()}), store / st.FILES["images"])
     with pytest.raises(MemeError, match="images.parquet uses the 'official' split but captions.parquet the 'classes' split"):
-        st.load_paired(store, "train")
+        load_paired(store, "train")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.models.meme import MEME
 from meme.models.reference import reference_direction, reference_meme_loss
 from meme.nets import FAMILIES, MNISTModality, SVHNModality

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meme.config import TrainConfig
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.errors import MemeError
 from meme.models.meme import MEME
 from meme.nets import FAMILIES, check_family
@@ -198,7 +198,7 @@ def write_v1_checkpoint(path: Path, data_dir) -> dict:
 
 
 def test_runs_written_before_the_family_key_load_evaluate_and_resume_as_appendix_k(tmp_path, synth_dir):
-    from meme.eval.cli import load_run
+    from meme.runs import load_run
     from meme.train import train
 
     run = tmp_path / "old"

@@ -68,7 +68,7 @@ def test_readme_command_names_real_programs_and_options(cmd, capsys):
                 builders["orchestration/sweep.py"]().parse_args(rest)
             else:
                 parser.parse_args(args)
-        except SystemExit as e:
+        except SystemExit:
             raise AssertionError(f"{cmd!r}: {capsys.readouterr().err.strip()}") from None
         assert capsys.readouterr().err == ""
     elif prog.startswith("benchmarks/"):

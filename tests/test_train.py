@@ -38,11 +38,14 @@ def test_same_seed_same_run_and_resume_is_bit_identical(synth_dir, tmp_path):
     again = list(train(cfg, tmp_path / "b", progress=False))
     strip = lambda h: [{k: v for k, v in m.items() if "per_s" not in k and "time" not in k} for m in h]  # noqa: E731
     assert strip(straight) == strip(again)
+    # a run of 1 epoch is evaluated after it, the 2-epoch run after epoch 2 only: compare the training metrics
+    train_only = lambda h: [{k: v for k, v in m.items() if not k.startswith("eval_")} for m in strip(h)]  # noqa: E731
 
     first = list(train(cfg.replace(epochs=1), tmp_path / "c", progress=False))
     resumed = list(train(cfg, tmp_path / "c", progress=False))  # epochs extended: continues from epoch 1
     assert [m["epoch"] for m in first + resumed] == [1, 2]
-    assert strip(first + resumed) == strip(straight)
+    assert train_only(first + resumed) == train_only(straight)
+    assert "eval_w2_gap" in first[0] and "eval_w2_gap" not in straight[0]
     sa, sc = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "c")
     assert sa["epoch"] == sc["epoch"] == 2
     for k, v in sa["model"].items():
@@ -159,3 +162,39 @@ def test_eval_every_adds_evaluation_metrics_and_final_figures(synth_dir, tmp_pat
     again, _ = tr.evaluate()
     assert again["latent_acc_mnist"] == history[-1]["eval_latent_acc_mnist"]
     assert again["w2_gap"] == pytest.approx(history[-1]["eval_w2_gap"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ one loop for meme train and trials
+def test_the_last_epoch_is_evaluated_even_with_eval_every_0(synth_dir, tmp_path):
+    """eval_every means one thing everywhere: every N epochs and always after the last (0: the last only)."""
+    cfg = small(synth_dir, epochs=2, eval_every=0)
+    history = list(train(cfg, tmp_path / "run", progress=False))
+    assert not any(k.startswith("eval_") for k in history[0])
+    assert "eval_w2_gap" in history[1] and (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+
+def test_a_resumed_run_logs_each_epoch_once_with_sparse_checkpoints(synth_dir, tmp_path):
+    """Epochs run after the last checkpoint are run again on resume, and logged once, not twice."""
+    out = tmp_path / "run"
+    cfg = small(synth_dir, epochs=4, checkpoint_every=2)
+    for m in train(cfg, out, progress=False):   # the process dies after epoch 3 (checkpoint: epoch 2)
+        if m["epoch"] == 3:
+            break
+    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    list(train(cfg, out, progress=False))
+    epochs = [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+    straight = list(train(cfg, tmp_path / "straight", progress=False))
+    resumed = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+
+
+def test_a_trial_and_meme_train_run_the_same_loop(synth_dir, tmp_path):
+    from orchestration.trainable import LocalSession, TrialSettings, run_trial
+
+    cfg = small(synth_dir, epochs=3, eval_every=2, num_threads=1)   # a trial computes on its one CPU
+    cli = list(train(cfg, tmp_path / "run", progress=False))
+    session = LocalSession("t")
+    run_trial(cfg.to_dict(), TrialSettings(study="loop", eval={"max_test_pairs": 64}), session)
+    assert [m["loss"] for m in session.reports] == [m["loss"] for m in cli]
+    assert ["w2_gap" in m for m in session.reports] == ["eval_w2_gap" in m for m in cli] == [False, True, True]

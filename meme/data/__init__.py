@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from meme.data.batch import Batch, BatchLoader, full_batches
+from meme.data.batch import Batch, BatchLoader
 from meme.data.cub import build_cub_modalities, load_cub
 from meme.data.dataset_file import is_dataset_file, read_dataset_file
 from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
@@ -72,5 +72,5 @@ def latent_size(cfg) -> int:
     return cfg.latent_dim or get_dataset(cfg.dataset).latent_dim
 
 
-__all__ = ["Batch", "BatchLoader", "DATASETS", "DatasetSpec", "Observation", "PairedData", "full_batches",
+__all__ = ["Batch", "BatchLoader", "DATASETS", "DatasetSpec", "Observation", "PairedData",
            "get_dataset", "is_dataset_file", "latent_size", "make_observation", "resolve_data_dir"]

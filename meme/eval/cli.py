@@ -15,60 +15,13 @@ from meme.paths import check_dir_target
 
 log = logging.getLogger(__name__)
 
-HELP = {
-    "batch_size": "test pairs per batch; W2 is taken over all (i, j) inside a batch",
-    "use_mean": "cross-generate from the posterior mean instead of a sample",
-    "n_latent_train": "training examples for the linear latent probe (0 = all)",
-    "max_test_pairs": "0 = the full test set, else a seeded subset",
-    "n_joint": "prior samples for joint coherence (0 = skip)",
-    "likelihood_k": "importance samples per log p(x_a|x_b) (0 = skip likelihoods)",
-    "likelihood_pairs": "test pairs for the likelihoods (0 = all)",
-    "elbo": "the model's objective on the test set",
-    "related_by": "relatedness: label | pair (same row of the first modality) | auto",
-    "n_tsne": "latents in the t-SNE figure",
-    "n_grid": "columns of the cross-generation grids",
-    "grid_samples": "sample rows of the cross-generation grids",
-    "device": "auto | cpu | cuda | cuda:N",
-}
-
-
-def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):
-    """Rebuild the model of a run (a run directory or a checkpoint file); returns (model, cfg, train, test)."""
-    from meme.data import get_dataset, make_observation
-    from meme.models import build_model
-    from meme.train import check_checkpoint, load_checkpoint, stored_config
-
-    state = load_checkpoint(checkpoint)
-    cfg = stored_config(state)
-    if data_dir:
-        cfg = cfg.replace(data_dir=str(data_dir))
-    spec = get_dataset(cfg.dataset)
-    check_checkpoint(state, cfg.model, None, source=f"checkpoint {checkpoint}")
-    check_checkpoint(state, expect_model, spec.names, source=f"checkpoint {checkpoint}")
-    train_data = spec.load(cfg, "train")
-    if cfg.max_train_pairs:  # the pairs the run trained on (its latent probe is fitted on them)
-        train_data = train_data.sample(cfg.max_train_pairs, cfg.data_seed)
-    test_data = spec.load(cfg, "test")
-    if len(train_data) == 0:
-        raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
-    observation = make_observation(len(train_data), cfg.supervision, cfg.observed, train_data.names,
-                                   cfg.paired_only, cfg.data_seed)
-    model = build_model(cfg, spec.build_modalities(cfg, train_data), train_data, observation)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
-        raise MemeError(f"checkpoint {checkpoint}: its weights do not fit the {cfg.model!r} model built from its "
-                        f"config ({first[0].strip()})") from None
-    return model, cfg, train_data, test_data
-
-
 def cmd_eval(args) -> int:
     from meme.data import is_dataset_file
     from meme.eval.classifiers import classifier_dir, load_classifiers, run_classifiers
     from meme.eval.config import EvalConfig
     from meme.eval.datasets import evaluate_run
-    from meme.train import resolve_device
+    from meme.device import resolve_device
+    from meme.runs import load_run
 
     if not args.checkpoint:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
@@ -100,7 +53,7 @@ def cmd_eval(args) -> int:
 
 def cmd_classifiers(args) -> int:
     from meme.eval.classifiers import CLASSIFIERS, ensure_classifiers
-    from meme.train import resolve_device
+    from meme.device import resolve_device
 
     names = args.modality or list(CLASSIFIERS)
     records = ensure_classifiers(names, data_dir=args.data_dir or None, directory=args.out or None,
@@ -127,7 +80,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     from meme.eval.config import EvalConfig
 
-    EvalConfig.add_options(e, HELP)
+    EvalConfig.add_options(e)
     e.set_defaults(func=cmd_eval)
     sub = e.add_subparsers(dest="eval_command", required=False)
     c = sub.add_parser("classifiers", help="train the digit classifiers on the real training sets", description=(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meme.config import FlatConfig
+from meme.config import FlatConfig, key
 from meme.errors import MemeError
 
 
@@ -17,20 +17,20 @@ MAX_LABEL_CLASSES = 20
 class EvalConfig(FlatConfig):
     _what = "eval config"
 
-    batch_size: int = 256         # test pairs per batch (also the batch inside which W2 is taken over all (i, j))
-    use_mean: bool = False        # cross-generation decodes the posterior mean instead of a sample
-    n_latent_train: int = 10_000  # training examples the linear latent probe is fitted on (0 = all)
-    max_test_pairs: int = 0       # 0 = the full test set; otherwise a seeded subset of this size
-    n_joint: int = 10_000         # prior samples for joint coherence (0 = skip joint coherence)
-    likelihood_k: int = 1000      # importance samples per log p(x_a | x_b) estimate (0 = skip likelihoods)
-    likelihood_pairs: int = 1000  # test pairs the likelihoods are estimated on (0 = all)
-    elbo: bool = True             # the model's own objective on the test pairs (elbo_test, test_*)
-    related_by: str = "auto"      # relatedness: "label", "pair" (same row of the first modality) or auto
-    n_tsne: int = 2000            # latents in the t-SNE figure (half from each modality)
-    n_grid: int = 10              # columns of the cross-generation grids (one digit each where labelled)
-    grid_samples: int = 4         # output rows of the cross-generation grids
-    seed: int = 0
-    device: str = "auto"          # auto = wherever the model already is; else cpu | cuda | cuda:N (the model moves)
+    batch_size: int = key(256, 'test pairs per batch; W2 is taken over all (i, j) inside a batch')
+    use_mean: bool = key(False, 'cross-generate from the posterior mean instead of a sample')
+    n_latent_train: int = key(10_000, 'training examples for the linear latent probe (0 = all)')
+    max_test_pairs: int = key(0, '0 = the full test set, else a seeded subset')
+    n_joint: int = key(10_000, 'prior samples for joint coherence (0 = skip)')
+    likelihood_k: int = key(1000, 'importance samples per log p(x_a|x_b) (0 = skip likelihoods)')
+    likelihood_pairs: int = key(1000, 'test pairs for the likelihoods (0 = all)')
+    elbo: bool = key(True, "the model's objective on the test set")
+    related_by: str = key("auto", 'relatedness: label | pair (same row of the first modality) | auto')
+    n_tsne: int = key(2000, 'latents in the t-SNE figure')
+    n_grid: int = key(10, 'columns of the cross-generation grids')
+    grid_samples: int = key(4, 'sample rows of the cross-generation grids')
+    seed: int = key(0, 'seeds the sampling of the evaluation')
+    device: str = key("auto", 'auto | cpu | cuda | cuda:N')
 
     def __post_init__(self):
         self._check_types()

@@ -33,7 +33,7 @@ def _device(model: nn.Module, name: str) -> torch.device:
     if name == "auto":
         p = next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-    from meme.train import resolve_device
+    from meme.device import resolve_device
 
     return resolve_device(name)
 

@@ -1,6 +1,6 @@
 """Caption features: tokens, vocabulary, FastText vectors and sentence embeddings, written to the store.
 
-``build_caption_store`` does, for one split scheme (``meme.data.cub.SPLITS``):
+``build_caption_store`` does, for one split scheme (``meme.features.cub_files.SPLITS``):
 
 1. tokenize every caption (``meme.features.text.tokenize``);
 2. build the vocabulary on the **training** captions and encode every caption to 32 ids;
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from meme.data.cub import Captions, CUBImages, sha256_file
+from meme.features.cub_files import Captions, CUBImages, sha256_file
 from meme.errors import MemeError
 from meme.features import store as st
 from meme.features.text import (FastTextSettings, Vocab, fit_fasttext, fit_sentence_embedder, sif_weights, tokenize_all,

@@ -15,7 +15,7 @@ from meme.errors import MemeError
 
 
 def _images(args) -> int:
-    from meme.data.cub import read_cub_images
+    from meme.features.cub_files import read_cub_images
     from meme.features.resnet import extract_image_features
 
     images = read_cub_images(args.cub_dir)
@@ -27,7 +27,7 @@ def _images(args) -> int:
 
 
 def _caption_sources(args):
-    from meme.data.cub import read_captions, read_cub_images, read_flat_captions_only
+    from meme.features.cub_files import read_captions, read_cub_images, read_flat_captions_only
 
     paths = [Path(p).expanduser() for p in args.captions]
     if args.cub_dir:
@@ -36,7 +36,7 @@ def _caption_sources(args):
         images = read_cub_images(args.cub_dir, check_files=False)
         return images, read_captions(paths[0], images, args.layout)
     if len(paths) == 1 and paths[0].is_dir():
-        from meme.data.cub import FLAT_CAPTION_FILES
+        from meme.features.cub_files import FLAT_CAPTION_FILES
 
         paths = [paths[0] / f for f in FLAT_CAPTION_FILES.values() if (paths[0] / f).is_file()]
         if not paths:
@@ -108,7 +108,7 @@ def nearest_words(store, word: str, n: int = 3) -> list[tuple[str, float]]:
 
 
 def add_features_parser(sub) -> None:
-    from meme.data.cub import SPLITS
+    from meme.features.cub_files import SPLITS
 
     f = sub.add_parser("features", help="CUB feature extraction (ResNet-101, FastText) into the Parquet store",
                        description="Build the CUB feature store that `meme train --dataset cub` reads. "

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from meme.data.cub import CUBImages, sha256_file
+from meme.features.cub_files import CUBImages, sha256_file
 from meme.errors import MemeError, check_choice
 from meme.features import store as st
 
@@ -224,7 +224,7 @@ def _reuse_existing(path: Path, settings: dict, progress: _Progress) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    from meme.train import resolve_device as _resolve
+    from meme.device import resolve_device as _resolve
 
     return _resolve(device)
 

@@ -14,13 +14,12 @@ A store is one folder::
 little-endian values, back to back, with the field metadata ``meme.vector = "dtype[W]"``. The column's
 data is then one plain buffer that Parquet copies out without decoding, so loading the 11,788 x 2048
 feature table costs about as much as ``numpy.load`` of the same array (``benchmarks/features.py``). As a
-``fixed_size_list<float32>[2048]`` (store version 1, still read) Parquet must decode a repetition level
-per float, about 6x slower. Outside this package, a vector column reads as::
+``fixed_size_list<float32>[2048]`` Parquet would decode a repetition level per float, about 6x slower. Outside this package, a vector column reads as::
 
     col = pq.read_table(path, columns=["features"]).column("features").combine_chunks()
     x = np.frombuffer(col.buffers()[1], np.float32).reshape(len(col), -1)
 
-``split`` is "train" or "test" under the store's split scheme (``meme.data.cub.SPLITS``). Each table's
+``split`` is "train" or "test" under the store's split scheme (``meme.features.cub_files.SPLITS``). Each table's
 schema metadata holds, under the key ``meme.cub``, a JSON object: ``format``, ``version``
 (``SCHEMA_VERSION``), ``table``, ``split_scheme``, ``settings`` (the extraction settings),
 ``vocab_sha256`` (caption and word tables), ``libraries`` (versions), ``sources`` (sha256 of the source
@@ -54,8 +53,8 @@ from meme.errors import MemeError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-#: store versions this reader reads: 1 held vectors as fixed_size_list, 2 as fixed_size_binary
-READABLE_VERSIONS = (1, 2)
+#: store versions this reader reads (version 1, with fixed_size_list vectors, never shipped and is no longer read)
+READABLE_VERSIONS = (SCHEMA_VERSION,)
 META_KEY = b"meme.cub"
 FORMAT = "meme.cub"
 FILES = {"images": "images.parquet", "captions": "captions.parquet", "words": "words.parquet"}
@@ -72,21 +71,17 @@ def _dtype_name(dtype: pa.DataType) -> str:
     return np.dtype(dtype.to_pandas_dtype()).name
 
 
-def _vec(name: str, dtype: pa.DataType, width: int, version: int = SCHEMA_VERSION) -> pa.Field:
-    """A vector column of ``width`` values of ``dtype`` in the layout of store ``version``."""
-    if version == 1:
-        return pa.field(name, pa.list_(pa.field("element", dtype, nullable=False), width), nullable=False)
+def _vec(name: str, dtype: pa.DataType, width: int) -> pa.Field:
+    """A vector column of ``width`` values of ``dtype``: tagged fixed-width binary."""
     return pa.field(name, pa.binary(_itemsize(dtype) * width), nullable=False,
                     metadata={VECTOR_KEY: f"{_dtype_name(dtype)}[{width}]".encode()})
 
 
-def _vector_width(typ: pa.DataType | None, dtype: pa.DataType, version: int = SCHEMA_VERSION) -> int | None:
-    """The width W of a vector column of type ``typ`` holding ``dtype`` values in store ``version``'s
-    layout, or None if ``typ`` is not such a column."""
+def _vector_width(typ: pa.DataType | None, dtype: pa.DataType) -> int | None:
+    """The width W of a vector column of type ``typ`` holding ``dtype`` values, or None if ``typ`` is not such
+    a column."""
     if typ is None:
         return None
-    if version == 1:
-        return typ.list_size if pa.types.is_fixed_size_list(typ) else None
     if pa.types.is_fixed_size_binary(typ) and typ.byte_width % _itemsize(dtype) == 0:
         return typ.byte_width // _itemsize(dtype)
     return None
@@ -96,21 +91,21 @@ def _field(name, typ) -> pa.Field:
     return pa.field(name, typ, nullable=False)
 
 
-def image_schema(dim: int = 2048, version: int = SCHEMA_VERSION) -> pa.Schema:
+def image_schema(dim: int = 2048) -> pa.Schema:
     return pa.schema([_field("image_id", pa.int64()), _field("label", pa.int32()), _field("split", pa.string()),
                       _field("path", pa.string()), _field("sha256", pa.binary(32)),
-                      _vec("features", pa.float32(), dim, version)])
+                      _vec("features", pa.float32(), dim)])
 
 
-def caption_schema(max_len: int = 32, dim: int = 300, version: int = SCHEMA_VERSION) -> pa.Schema:
+def caption_schema(max_len: int = 32, dim: int = 300) -> pa.Schema:
     return pa.schema([_field("image_id", pa.int64()), _field("caption_index", pa.int8()), _field("label", pa.int32()),
                       _field("split", pa.string()), _field("text", pa.string()),
-                      _vec("tokens", pa.int32(), max_len, version), _vec("embedding", pa.float32(), dim, version)])
+                      _vec("tokens", pa.int32(), max_len), _vec("embedding", pa.float32(), dim)])
 
 
-def word_schema(dim: int = 300, version: int = SCHEMA_VERSION) -> pa.Schema:
+def word_schema(dim: int = 300) -> pa.Schema:
     return pa.schema([_field("token_id", pa.int32()), _field("word", pa.string()), _field("count", pa.int64()),
-                      _field("weight", pa.float32()), _vec("vector", pa.float32(), dim, version)])
+                      _field("weight", pa.float32()), _vec("vector", pa.float32(), dim)])
 
 
 #: table kind -> (schema builder, its vector columns and their value types, whose widths parameterise it)
@@ -210,12 +205,12 @@ def check_schema(path, kind: str, schema: pa.Schema, meta: dict) -> None:
     widths = []
     for c, dtype in vector_cols:
         got = schema.field(c).type if c in schema.names else None
-        width = _vector_width(got, dtype, version)
+        width = _vector_width(got, dtype)
         if width is None:
-            layout = "a fixed_size_list" if version == 1 else f"a vector column of {_dtype_name(dtype)} (fixed_size_binary)"
-            raise MemeError(f"{path}: schema mismatch: column {c!r} is {got or 'missing'}, expected {layout}")
+            raise MemeError(f"{path}: schema mismatch: column {c!r} is {got or 'missing'}, expected a vector "
+                            f"column of {_dtype_name(dtype)} (fixed_size_binary)")
         widths.append(width)
-    expected = builder(*widths, version=version)
+    expected = builder(*widths)
     if schema.names != expected.names:
         raise MemeError(f"{path}: schema mismatch: columns {schema.names}, expected {expected.names}")
     for f, e in zip(schema, expected):
@@ -368,30 +363,3 @@ def caption_image_rows(images: ImageTable, captions: CaptionTable, store="") -> 
         raise MemeError(f"{store}: captions refer to images {missing} that images.parquet does not hold; "
                         f"extract the image features for the same CUB folder")
     return order[pos]
-
-
-def load_paired(store, split: str):
-    """``PairedData`` of ``split``: one pair per caption of that split, with its image's features.
-
-    Tables: image features (images of the split, float32) and caption token ids (int64); labels are
-    the images' classes (-1 where unknown).
-    """
-    from meme.data.paired import PairedData
-    from meme.errors import check_choice
-
-    check_choice("split", split, ["train", "test"])
-    images, captions = read_images(store), read_captions(store)
-    check_consistent(store, images, captions)
-    if images.meta.get("standin"):
-        log.warning("%s holds STAND-IN image features (%s), not ResNet-101 features of CUB images",
-                    store, images.meta.get("settings", {}).get("standin", "generated"))
-    rows = caption_image_rows(images, captions, store)
-    cap = captions.mask(split).nonzero().flatten()
-    img_rows = rows[cap]
-    mismatch = ~images.mask(split)[img_rows]
-    if bool(mismatch.any()):
-        bad = int(captions.image_id[cap][mismatch][0])
-        raise MemeError(f"{store}: image {bad} is in the {split} split of captions.parquet but not of images.parquet")
-    used, local = torch.unique(img_rows, return_inverse=True)
-    return PairedData(MODALITY_NAMES, (images.features[used], captions.tokens[cap]), (local, torch.arange(cap.numel())),
-                      images.label[img_rows])

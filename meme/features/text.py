@@ -150,9 +150,6 @@ class Vocab:
                 words.append(self.words[i] if 0 <= i < len(self.words) else EXC)
         return " ".join(words)
 
-    def decode_all(self, ids) -> list[str]:
-        return [self.decode(row) for row in np.asarray(ids)]
-
     # --------------------------------------------------------- persistence
     def to_json(self) -> dict:
         """MMVAE-compatible keys (``w2i``, ``i2w`` with string ids) plus counts and settings."""

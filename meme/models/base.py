@@ -6,14 +6,14 @@
     loss(batch) -> (loss, metrics)   scalar to minimise, and a dict of detached scalar tensors
     sample_prior(n) -> z             latents for unconditional (joint) generation
 
-A batch is paired, s-only or t-only (``meme.data.batch.Batch``); models branch on ``batch.observed``.
+A batch is paired, s-only or t-only (``meme.batch.Batch``); models branch on ``batch.observed``.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.errors import MemeError
 from meme.nets.base import Modality
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.dists import kl_normal, log_mean_exp, mixture_normal_log_prob, normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel

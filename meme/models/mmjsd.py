@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.dists import kl_normal
 from meme.models.experts import BetaWeightedModel, poe, select_components, with_prior_expert
 

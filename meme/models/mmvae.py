@@ -47,7 +47,7 @@ import math
 import torch
 from torch import Tensor
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.dists import normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel

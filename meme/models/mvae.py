@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.models.experts import BetaWeightedModel, kl_to_standard_normal, poe, with_prior_expert
 
 

@@ -15,7 +15,7 @@ import math
 import torch
 from torch.distributions import Laplace, Normal, kl_divergence
 
-from meme.data.batch import Batch
+from meme.batch import Batch
 from meme.models.meme import MEME
 
 

@@ -1,0 +1,72 @@
+"""A run rebuilt from its config: the training pairs, which of them are paired, and the model.
+
+``build_run(cfg)`` is what ``meme.train.Trainer`` trains and what ``load_run`` fills with a checkpoint's
+weights (``meme eval``, the orchestrator), so a run is put together in one place only.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from meme.checkpoint import check_checkpoint, load_checkpoint, stored_config
+from meme.config import TrainConfig
+from meme.data import PairedData, get_dataset, make_observation
+from meme.data.observation import Observation
+from meme.errors import MemeError
+from meme.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    train_data: PairedData
+    observation: Observation
+    model: nn.Module
+
+
+def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool = True) -> Run:
+    """The training pairs (``max_train_pairs`` of them, seeded by ``data_seed``), the observation plan and the
+    model, its initial weights drawn under ``cfg.seed``. A model that cannot learn from unpaired examples
+    (MMVAE) trains on the paired part alone (``warn``: say so)."""
+    spec = get_dataset(cfg.dataset)
+    data = train_data if train_data is not None else spec.load(cfg, "train")
+    if cfg.max_train_pairs:
+        data = data.sample(cfg.max_train_pairs, cfg.data_seed)
+    if len(data) == 0:
+        raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
+    observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, cfg.paired_only,
+                                   cfg.data_seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, spec.build_modalities(cfg, data), data, observation)
+    if not model.learns_from_unpaired and (observation.s_only.numel() or observation.t_only.numel()):
+        if warn:
+            log.warning("%s cannot learn from unpaired examples: training on the %d paired examples only",
+                        cfg.model, observation.paired.numel())
+        observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, True, cfg.data_seed)
+    return Run(cfg, data, observation, model)
+
+
+def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):
+    """Rebuild the model of a run (a run directory or a checkpoint file) with its weights; returns
+    (model, cfg, train pairs, test pairs)."""
+    state = load_checkpoint(checkpoint)
+    cfg = stored_config(state)
+    if data_dir:
+        cfg = cfg.replace(data_dir=str(data_dir))
+    spec = get_dataset(cfg.dataset)
+    check_checkpoint(state, cfg.model, None, source=f"checkpoint {checkpoint}")
+    check_checkpoint(state, expect_model, spec.names, source=f"checkpoint {checkpoint}")
+    run = build_run(cfg, warn=False)  # the pairs the run trained on (its latent probe is fitted on them)
+    test_data = spec.load(cfg, "test")
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+        raise MemeError(f"checkpoint {checkpoint}: its weights do not fit the {cfg.model!r} model built from its "
+                        f"config ({first[0].strip()})") from None
+    return run.model, cfg, run.train_data, test_data
