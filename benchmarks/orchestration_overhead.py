@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     from meme.eval import ensure_classifiers
     from orchestration.study import parse_study
-    from orchestration.sweep import prepare_data_dir
+    from orchestration.prepare import prepare_data_dir
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="meme-overhead-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,10 @@
 * ``study``: studies as YAML files in ``search_spaces/``, validated on load, expanded into trial configs.
 * ``trainable``: one trial (the core trainer, per-epoch reports, evaluations, Tune checkpoints).
 * ``tracking``: MLflow parent run per study invocation, one child run per trial.
-* ``sweep``: ``python orchestration/sweep.py --study NAME``, the front door.
+* ``sweep``: ``python orchestration/sweep.py --study NAME``, the front door: the CLI, the Tuner, signals;
+  ``run_state`` (storage and the state a run resumes from), ``prepare`` (data and classifiers, once, before
+  any trial), ``cluster`` (Ray: address, start, resources, shared folders) and ``summary`` (the table that
+  ends a study, from the public ``ResultGrid``) are its parts.
 * ``report``: ``python orchestration/report.py --study NAME``, the paper's figures and tables from MLflow.
 
 ``meme`` never imports this package; this package imports ``meme``. Its dependencies (Ray Tune, Optuna,
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 
 ORCHESTRATION_MODULES = ("ray", "optuna", "mlflow")
+SWEEP_PROG = "sweep.py"   # how sweep.py and the modules it runs name themselves in messages
 
 
 def check_orchestration_installed() -> None:

@@ -21,22 +21,32 @@ log = logging.getLogger(__name__)
 
 def trial_label(trial, varying, numbered: bool) -> str:
     """The trial's readable name (the same as its MLflow run name)."""
+    return config_label(trial.config, trial.trial_id, varying, numbered)
+
+
+def config_label(config: dict, trial_id: str, varying, numbered: bool) -> str:
+    """The readable name of the trial ``trial_id`` with ``config``; the id where the config cannot be read."""
     try:
-        cfg = train_config(trial.config).to_dict()
+        cfg = train_config(config).to_dict()
     except Exception:  # a config Tune could not resolve: fall back to the id
-        return trial.trial_id
-    tail = trial.trial_id.rsplit("_", 1)[-1]
+        return trial_id
+    tail = str(trial_id).rsplit("_", 1)[-1]
     return trial_name(cfg, varying, int(tail) if numbered and tail.isdigit() else None)
 
 
 def trial_error_text(trial) -> str:
     """The last line of a trial's error file (``ExcType: message``), or a generic reason."""
-    path = trial.error_file
-    if path and Path(path).exists():
-        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-        for ln in reversed(lines):
-            if not ln.startswith(("Failure #", "File ", "^", "~")):
-                return ln[:4000]
+    return error_file_text(trial.error_file)
+
+
+def error_file_text(path, error: BaseException | None = None) -> str:
+    """The last line (``ExcType: message``) of a trial's error file at ``path``; else of ``error``'s text; else a
+    generic reason."""
+    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else str(error or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("Failure #", "File ", "^", "~")):
+            return ln[:4000]
     return "the trial's worker failed (see the trial's error.txt in the Ray results folder)"
 
 

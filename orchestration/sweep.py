@@ -17,272 +17,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
-import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 import time
-import uuid
 from functools import partial
 from pathlib import Path
 
 from meme.errors import MemeError
-from orchestration import check_orchestration_installed
-from orchestration.study import (Study, check_gpus, load_study, parse_study, study_names, trial_name)
+from orchestration import SWEEP_PROG, check_orchestration_installed
+from orchestration.cluster import check_ray_reachable, check_resources, check_shared_paths, init_ray, ray_address
+from orchestration.prepare import prepare_classifiers, prepare_data_dir
+from orchestration.run_state import find_resumable, resolve_storage, write_state
+from orchestration.study import Study, check_gpus, load_study, parse_study, study_names, trial_name
+from orchestration.summary import finish
 
 log = logging.getLogger("orchestration.sweep")
 
-PROG = "sweep.py"
-STATE_FILE = "meme_study.json"
+PROG = SWEEP_PROG
 KEEP_CHECKPOINTS = 2
 
 
-# ------------------------------------------------------------------ paths
-def default_storage() -> str:
-    return str(Path.cwd() / "runs" / "studies")
-
-
-def is_uri(path: str) -> bool:
-    """s3://, gs://, ... (every node reaches them); a file:// URI is a local path."""
-    from urllib.parse import urlparse
-
-    scheme = urlparse(path).scheme
-    return len(scheme) > 1 and scheme != "file"
-
-
-def resolve_storage(storage: str | None) -> str:
-    s = storage or default_storage()
-    if is_uri(s):
-        return s.rstrip("/")
-    from meme.paths import check_dir_target
-
-    return str(check_dir_target(Path(s.removeprefix("file://")).expanduser(), "--storage").resolve())
-
-
-def _fs(storage: str):
-    import pyarrow.fs
-
-    try:
-        return pyarrow.fs.FileSystem.from_uri(storage)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for bad URIs and missing credentials
-        raise MemeError(f"cannot open --storage {storage}: {e}") from None
-
-
-def write_state(storage: str, name: str, state: dict) -> None:
-    fs, base = _fs(storage)
-    fs.create_dir(f"{base}/{name}", recursive=True)
-    with fs.open_output_stream(f"{base}/{name}/{STATE_FILE}") as f:
-        f.write((json.dumps(state, indent=2) + "\n").encode())
-
-
-def read_state(storage: str, name: str) -> dict | None:
-    import pyarrow.fs
-
-    fs, base = _fs(storage)
-    path = f"{base}/{name}/{STATE_FILE}"
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.readall().decode())
-
-
-def find_resumable(storage: str, study: str | None, name: str | None) -> tuple[str, dict]:
-    """The run to resume: ``name`` if given, else the latest run of ``study`` under ``storage``."""
-    import pyarrow.fs
-
-    if name:
-        state = read_state(storage, name)
-        if state is None:
-            raise MemeError(f"no study run {name!r} under --storage {storage} (no {STATE_FILE} there)")
-        return name, state
-    if not study:
-        raise MemeError("--resume needs --study NAME (or --resume RUN_NAME)")
-    fs, base = _fs(storage)
-    try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
-    except OSError as e:
-        raise MemeError(f"cannot list --storage {storage}: {e}") from None
-    runs = sorted(i.base_name for i in infos
-                  if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(f"{study}-"))
-    for run in reversed(runs):
-        state = read_state(storage, run)
-        if state is not None and state.get("study") == study:
-            return run, state
-    raise MemeError(f"no run of study {study!r} to resume under --storage {storage}; start one without --resume")
-
-
-# ------------------------------------------------------------- data prep
-def prepare_data_dir(study: Study, data_dir: str | None) -> str:
-    """The data dir every trial gets: generated data for studies that ask for it, else --data-dir."""
-    from meme.data import resolve_data_dir
-
-    if study.synthetic_data:
-        from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
-        from meme.data.synthetic import write_synthetic_mnist_svhn
-
-        s = study.synthetic_data
-        root = resolve_data_dir(data_dir).resolve() / "synthetic" / f"n{s['n_train']}-{s['n_test']}-s{s['seed']}"
-        files = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
-        files += [root / "SVHN" / SVHN_FILES[k] for k in ("train", "test")]
-        if not all(f.exists() for f in files):
-            print(f"{PROG}: generating the study's synthetic MNIST-format + SVHN-format data in {root}", flush=True)
-            write_synthetic_mnist_svhn(root, n_train=s["n_train"], n_test=s["n_test"], seed=s["seed"])
-        return str(root)
-    if data_dir:
-        return str(Path(data_dir).expanduser().resolve())
-    return str(study.base.get("data_dir", ""))
-
-
-def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
-    """Load (and so validate) every dataset of the study once, downloading it if needed, and the classifiers the
-    evaluation needs (training them once if missing: the digit classifiers, or a dataset file's own); returns
-    modality -> classifier module (on the CPU) for the trials."""
-    from meme.config import TrainConfig
-    from meme.data import get_dataset, is_dataset_file
-    from meme.eval import CLASSIFIERS, ensure_classifiers
-    from meme.eval.classifiers import run_classifiers
-
-    datasets = {p.get("dataset", base_cfg["dataset"]) for p in study.points()}
-    classifiers = {}
-    for ds in sorted(datasets):
-        cfg = TrainConfig.from_dict({**base_cfg, "dataset": ds})
-        spec = get_dataset(cfg.dataset)
-        for split in ("train", "test"):
-            spec.load(cfg, split)
-        names = [n for n in spec.names if n in CLASSIFIERS]
-        if names and not is_dataset_file(cfg.dataset):
-            ensure_classifiers(names, data_dir=cfg.data_dir, progress=progress, download=cfg.download)
-        for n, clf in run_classifiers(cfg, "cpu", progress=progress).items():
-            classifiers[n] = clf
-    return classifiers
-
-
-# ------------------------------------------------------------------- Ray
-def ray_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else $RAY_ADDRESS (a Ray Jobs entrypoint, `ray job submit -- python
-    orchestration/sweep.py ...`, runs with it set to its cluster), else None (a private local Ray)."""
-    return address if address is not None else (os.environ.get("RAY_ADDRESS") or None)
-
-
-def check_ray_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """A clear error within ``timeout`` when nothing listens at a HOST:PORT Ray address (``ray.init`` would
-    retry for minutes); "auto", "local" and other forms are left to Ray."""
-    import socket
-
-    if address is None:
-        return
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise MemeError(f"cannot reach Ray at {address} ({e.strerror or e}); start the cluster (ray start --head) "
-                        f"or give another --address") from None
-
-
-def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, verbose: bool) -> bool:
-    """Connect to Ray (or start a local instance); True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not verbose:  # the study's own progress replaces Tune's console output
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
-    address = ray_address(address)   # its reachability is checked by the caller, before the classifiers train
-    try:
-        if address is None:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise MemeError(f"cannot {'start a local Ray instance' if address is None else f'connect to Ray at {address}'}"
-                        f": {e}") from None
-    return True
-
-
-def alive_nodes() -> list[dict]:
-    import ray
-
-    return [n for n in ray.nodes() if n.get("Alive")]
-
-
-def check_resources(cpu: float, gpu: float, local: bool) -> None:
-    import ray
-
-    res = ray.cluster_resources()
-    problems = []
-    if cpu > res.get("CPU", 0):
-        problems.append(f"--cpus-per-trial {cpu:g} but the cluster has {res.get('CPU', 0):g} CPUs")
-    if gpu > 0 and gpu > res.get("GPU", 0):
-        problems.append(f"--gpus-per-trial {gpu:g} but the cluster has {res.get('GPU', 0):g} GPUs")
-    if problems:
-        msg = "; ".join(problems) + " (trials would wait forever)"
-        if local:
-            raise MemeError(msg)
-        log.warning("%s, unless the cluster scales up", msg)
-
-
-def check_shared_paths(storage: str, tracking_uri: str, shared: bool) -> None:
-    """With more than one node alive, results and tracking must be reachable from every node.
-
-    ``--storage`` must be s3:// (or another URI), or a path mounted on every node, declared with
-    ``--shared-storage`` and then checked from each node. A local SQLite tracking database likewise
-    needs ``--shared-storage`` (an MLflow server is the better choice on a cluster).
-    """
-    nodes = alive_nodes()
-    if len(nodes) <= 1:
-        return
-    from orchestration.tracking import is_local_uri
-
-    local_paths = [] if is_uri(storage) else [("--storage", storage)]
-    if is_local_uri(tracking_uri):
-        local_paths.append(("--tracking-uri", tracking_uri))
-    if not local_paths:
-        return
-    if not shared:
-        what = " and ".join(f"{opt} {p}" for opt, p in local_paths)
-        raise MemeError(f"{len(nodes)} Ray nodes are alive but {what} is a local path that the other nodes may not "
-                        f"see; pass --storage s3://bucket/path (and --tracking-uri http://<mlflow server>), or, if the "
-                        f"path is mounted at the same place on every node, add --shared-storage")
-    for opt, p in local_paths:
-        path = p.removeprefix("sqlite:///").removeprefix("file://")
-        folder = Path(path) if opt == "--storage" else Path(path).parent
-        _check_visible_everywhere(opt, folder, nodes)
-
-
-def _check_visible_everywhere(opt: str, folder: Path, nodes: list[dict]) -> None:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f".meme-shared-{uuid.uuid4().hex}"
-    marker.write_text("")
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
-
-    try:
-        refs = {n["NodeManagerAddress"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
-        blind = [ip for ip, ref in refs.items() if not ray.get(ref, timeout=120)]
-    finally:
-        marker.unlink(missing_ok=True)
-    if blind:
-        raise MemeError(f"{opt} {folder} is not visible from node(s) {', '.join(blind)}; mount it at the same path "
-                        f"on every node or use s3:// storage and an MLflow server")
-
-
-# ---------------------------------------------------------------- Tune
 @contextlib.contextmanager
 def stop_signals(flag: threading.Event):
     """SIGINT (Ctrl+C) and SIGTERM end the study gracefully: Tune saves its state, the running trials keep
@@ -332,7 +89,10 @@ def param_space(study: Study, base_cfg: dict) -> dict:
     return space
 
 
-def make_tuner(study: Study, trainable, base_cfg: dict, args, run_name: str, storage: str, callbacks):
+def make_tuner(study: Study, trainable, base_cfg: dict, run_name: str, storage: str, callbacks,
+               max_concurrent: int = 0, max_failures: int = 2, verbose: bool = False):
+    """The Tuner of a new study run: its searcher and scheduler, one trial directory per readable trial name,
+    Tune checkpoints kept per trial, ``max_failures`` restarts of a failed trial from its last checkpoint."""
     from ray import tune
 
     numbered = bool(study.search)
@@ -356,93 +116,14 @@ def make_tuner(study: Study, trainable, base_cfg: dict, args, run_name: str, sto
         metric=study.metric if needs_metric else None, mode=study.mode if needs_metric else None,
         search_alg=searcher, scheduler=scheduler,
         num_samples=study.searcher["num_samples"] if study.searcher else 1,
-        max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,   # no process start per trial
+        max_concurrent_trials=max_concurrent or None, reuse_actors=True,   # no process start per trial
         trial_dirname_creator=partial(trial_dirname, varying=study.varying_keys(), numbered=numbered))
     run_config = tune.RunConfig(
-        name=run_name, storage_path=storage, callbacks=callbacks, verbose=1 if args.verbose else 0,
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        name=run_name, storage_path=storage, callbacks=callbacks, verbose=1 if verbose else 0,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS), log_to_file=True)
     return tune.Tuner(trainable, param_space=param_space(study, base_cfg), tune_config=tune_config,
                       run_config=run_config)
-
-
-# --------------------------------------------------------------- summary
-STATUS = {"TERMINATED": "done", "ERROR": "FAILED"}
-
-
-def summarize(trials, study: Study, epochs: int, run_status: dict | None = None) -> tuple[list[dict], dict]:
-    """One row per trial (name, status, epochs, metric, time), best first; and counts per status.
-
-    ``run_status`` (trial id -> MLflow child run status) is given after an interrupt: Tune then marks the
-    trials it cut short as terminated, while their child runs were never finished.
-    """
-    from orchestration.callbacks import trial_error_text, trial_label
-
-    rows = []
-    for t in trials:
-        res = t.last_result or {}
-        epoch = int(res.get("epoch", 0))
-        status = STATUS.get(t.status, "interrupted")
-        if status == "done" and run_status is not None and run_status.get(t.trial_id) != "FINISHED":
-            status = "interrupted"
-        elif status == "done" and epoch < epochs:
-            status = "stopped early"
-        value = res.get(study.metric)
-        rows.append({"trial": trial_label(t, study.varying_keys(), bool(study.search)), "status": status,
-                     "epochs": epoch, study.metric: value if isinstance(value, (int, float)) else None,
-                     "time_s": round(float(res.get("time_total_s", 0.0)), 1),
-                     "reason": trial_error_text(t) if t.status == "ERROR" else ""})
-    sign = -1 if study.mode == "max" else 1
-    rows.sort(key=lambda r: (r[study.metric] is None or not math.isfinite(r[study.metric]),
-                             sign * (r[study.metric] or 0.0)))
-    counts = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return rows, counts
-
-
-def format_table(rows: list[dict], metric: str) -> str:
-    cols = ["trial", "status", "epochs", metric, "time_s"]
-
-    def cell(r, c):
-        v = r[c]
-        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) and c == metric else str(v)
-
-    widths = [max(len(c), *(len(cell(r, c)) for r in rows)) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths)) for r in rows]
-    lines += [f"  {r['trial']}: {r['reason']}" for r in rows if r["reason"]]
-    return "\n".join(lines)
-
-
-def log_summary(info, rows: list[dict], table: str) -> None:
-    from orchestration.tracking import client_for
-
-    client = client_for(info.uri)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial"])
-    w.writeheader()
-    w.writerows(rows)
-    client.log_text(info.parent_run_id, buf.getvalue(), "summary.csv")
-    client.log_text(info.parent_run_id, table + "\n", "summary.txt")
-
-
-def child_statuses(info) -> dict[str, str]:
-    """Trial id -> status of its MLflow child run."""
-    from orchestration.tracking import TAG_TRIAL_KEY, child_runs, client_for
-
-    runs = child_runs(client_for(info.uri), info.experiment_id, info.parent_run_id)
-    return {r.data.tags.get(TAG_TRIAL_KEY): r.info.status for r in runs}
-
-
-def mark_unfinished(info) -> None:
-    """Child runs cut short by an interrupt: KILLED until --resume continues them."""
-    from orchestration.tracking import child_runs, client_for
-
-    client = client_for(info.uri)
-    for run in child_runs(client, info.experiment_id, info.parent_run_id):
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 # ------------------------------------------------------------------ main
@@ -639,7 +320,8 @@ def _fit(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracki
         callbacks = [ProgressCallback(study.name, study.num_trials(), base_cfg["epochs"], study.metric,
                                       study.varying_keys(), numbered, enabled=not args.quiet),
                      TrackingCallback(info, base_cfg["epochs"], study.varying_keys(), numbered)]
-        tuner = make_tuner(study, trainable, base_cfg, args, run_name, storage, callbacks)
+        tuner = make_tuner(study, trainable, base_cfg, run_name, storage, callbacks, max_concurrent=args.max_concurrent,
+                           max_failures=args.max_failures, verbose=args.verbose)
     print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {base_cfg['epochs']} epochs, "
           f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {tracking_uri} (experiment "
           f"{state['experiment']!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
@@ -647,44 +329,7 @@ def _fit(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracki
     with stop_signals(threading.Event()) as interrupted:
         results = tuner.fit()
     wall = time.perf_counter() - t0
-    trials = results._experiment_analysis.trials  # the Trial objects, with their statuses
-    return _finish(study, info, trials, base_cfg["epochs"], wall, run_name, interrupted.is_set())
-
-
-def _finish(study: Study, info, trials, epochs: int, wall: float, run_name: str, interrupted: bool) -> int:
-    from orchestration import tracking
-
-    statuses = None
-    if interrupted:
-        try:
-            statuses = child_statuses(info)
-        except Exception as e:  # noqa: BLE001 (MLflow unreachable: the summary falls back on Tune's statuses)
-            log.warning("could not read the child runs' statuses: %s", e)
-    rows, counts = summarize(trials, study, epochs, statuses)
-    not_started = max(0, study.num_trials() - len(rows)) if interrupted else 0
-    if not_started:
-        counts["not started"] = not_started
-    table = format_table(rows, study.metric)
-    failed = counts.get("FAILED", 0)
-    print(f"\n{study.name}: {len(rows)} trials in {wall:.0f} s: "
-          + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
-    print(table, flush=True)
-    try:
-        log_summary(info, rows, table)
-        if interrupted:
-            mark_unfinished(info)
-        status = "KILLED" if interrupted else "FAILED" if failed == len(rows) else "FINISHED"
-        tracking.end_parent(info, status)
-    except Exception as e:  # noqa: BLE001 (the study's results are safe in Ray's storage either way)
-        log.warning("could not record the summary in MLflow: %s", e)
-    if interrupted:
-        print(f"{PROG}: interrupted; the state is saved. Continue with: python orchestration/sweep.py "
-              f"--study {study.name} --resume {run_name}", file=sys.stderr, flush=True)
-        return 130
-    print(f"MLflow: parent run {info.parent_run_id} in {info.uri}; figures: python orchestration/report.py "
-          f"--study {study.name}", flush=True)
-    print(f"MLflow runs page: {tracking.runs_page(info.uri, info.experiment_id)}", flush=True)
-    return 1 if failed else 0
+    return finish(study, info, results, base_cfg["epochs"], wall, run_name, interrupted.is_set())
 
 
 def main(argv=None) -> int:

@@ -224,13 +224,45 @@ def test_param_space_puts_grid_points_under_one_grid_search():
 
 
 def test_a_local_storage_path_is_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
+    from orchestration import cluster
+
     nodes = [{"Alive": True, "NodeID": "a", "NodeManagerAddress": "10.0.0.1"},
              {"Alive": True, "NodeID": "b", "NodeManagerAddress": "10.0.0.2"}]
-    monkeypatch.setattr(sweep, "alive_nodes", lambda: nodes)
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: nodes)
     with pytest.raises(MemeError, match=r"2 Ray nodes are alive but --storage .* is a local path .*--shared-storage"):
-        sweep.check_shared_paths(str(tmp_path), "http://mlflow:5000", shared=False)
+        cluster.check_shared_paths(str(tmp_path), "http://mlflow:5000", shared=False)
     with pytest.raises(MemeError, match=r"--tracking-uri sqlite:///x.db is a local path"):
-        sweep.check_shared_paths("s3://bucket/studies", "sqlite:///x.db", shared=False)
-    sweep.check_shared_paths("s3://bucket/studies", "http://mlflow:5000", shared=False)   # shared: accepted
-    monkeypatch.setattr(sweep, "alive_nodes", lambda: nodes[:1])
-    sweep.check_shared_paths(str(tmp_path), "sqlite:///x.db", shared=False)               # one node: fine
+        cluster.check_shared_paths("s3://bucket/studies", "sqlite:///x.db", shared=False)
+    cluster.check_shared_paths("s3://bucket/studies", "http://mlflow:5000", shared=False)   # shared: accepted
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: nodes[:1])
+    cluster.check_shared_paths(str(tmp_path), "sqlite:///x.db", shared=False)               # one node: fine
+
+
+def test_the_summary_reads_the_public_result_grid(tmp_path):
+    """One row per Result (config, last metrics, error), best first; statuses from epochs, errors and, after an
+    interrupt, the MLflow child runs."""
+    from types import SimpleNamespace
+
+    from orchestration.summary import format_table, summarize
+
+    s = parse_study(MINIMAL.replace("metric: loss\nmode: min", "metric: w2_gap\nmode: max")
+                    + "grid: {seed: [0, 1, 2, 3]}\n", "sum")
+    trial_dir = tmp_path / "t3"
+    trial_dir.mkdir()
+    (trial_dir / "error.txt").write_text("Failure # 1\nTraceback ...\n  File \"x.py\"\nMemeError: non-finite loss at epoch 1\n")
+
+    def result(seed, epoch, gap, error=None, path=tmp_path / "none"):
+        cfg = {**s.base_config(), "seed": seed}
+        return SimpleNamespace(config=cfg, metrics={"epoch": epoch, "w2_gap": gap, "trial_id": f"id_{seed}",
+                                                    "time_total_s": 1.25}, error=error, path=str(path))
+
+    grid = [result(0, 2, 0.1), result(1, 1, 0.5), result(2, 2, 0.3), result(3, 1, None, RuntimeError("x"), trial_dir)]
+    rows, counts = summarize(grid, s, epochs=2)
+    assert [(r["trial"], r["status"], r["w2_gap"]) for r in rows] == [
+        ("meme-f1-split-s1", "stopped early", 0.5), ("meme-f1-split-s2", "done", 0.3), ("meme-f1-split-s0", "done", 0.1), ("meme-f1-split-s3", "FAILED", None)]
+    assert rows[-1]["reason"] == "MemeError: non-finite loss at epoch 1"
+    assert counts == {"stopped early": 1, "done": 2, "FAILED": 1}
+    rows, counts = summarize(grid, s, epochs=2, run_status={"id_0": "FINISHED", "id_2": "RUNNING"}, interrupted=True)
+    assert {r["trial"]: r["status"] for r in rows} == {"meme-f1-split-s0": "done", "meme-f1-split-s1": "interrupted", "meme-f1-split-s2": "interrupted",
+                                                       "meme-f1-split-s3": "FAILED"}
+    assert "meme-f1-split-s3: MemeError: non-finite loss at epoch 1" in format_table(rows, "w2_gap")
