@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from meme.errors import MemeError
+from meme.errors import MemeError, check_choice
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -87,6 +87,12 @@ class FlatConfig:
             raise MemeError(f"cannot read {cls._what} {path}: {e}") from None
 
 
+def check_device_name(device: str) -> None:
+    """The one check of a ``device`` key (run and evaluation configs alike)."""
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise MemeError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
 def key(default, help: str):
     """A config field with its one line of help, written once: the CLI's ``--help`` and the docs read it."""
     return field(default=default, metadata={"help": help})
@@ -159,14 +165,12 @@ class TrainConfig(FlatConfig):
         if not self.sigma_floor >= 0 or not self.llik_scale > 0:
             raise MemeError(f"sigma_floor={self.sigma_floor} must be >= 0 (0 = the network family's own) "
                             f"and llik_scale={self.llik_scale} must be > 0")
-        if self.precision not in PRECISIONS:
-            raise MemeError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
         from meme.data import get_dataset, is_dataset_file
         from meme.models import MODELS
         from meme.models.meme import DIRECTIONS
 
-        if self.model not in MODELS:
-            raise MemeError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        check_choice("model", self.model, MODELS)
         from meme.nets import check_family
 
         if is_dataset_file(self.dataset):  # runs record where the file is, wherever they are resumed from
@@ -176,17 +180,14 @@ class TrainConfig(FlatConfig):
         check_family(self.nets, spec.network_keys or names)
         if self.observed not in (*names, "split"):
             raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
-        if self.direction not in DIRECTIONS:
-            raise MemeError(f"unknown direction {self.direction!r}; valid: {', '.join(DIRECTIONS)}")
-        from meme.errors import check_choice
+        check_choice("direction", self.direction, DIRECTIONS)
         from meme.models.mmvae import ESTIMATORS, FAMILIES
 
         _positive(self, "mmvae_samples")
         _non_negative(self, "beta")
         check_choice("mmvae_posterior", self.mmvae_posterior, FAMILIES)
         check_choice("mmvae_estimator", self.mmvae_estimator, ESTIMATORS)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        check_device_name(self.device)
 
 
 

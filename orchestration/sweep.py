@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -263,8 +264,23 @@ def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, 
 
     tracking.check_reachable(tracking_uri)
     check_ray_reachable(ray_address(args.address))   # before the minutes of classifier training
-    classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)
-    started = init_ray(args.address, args.num_cpus, args.dashboard, args.verbose)
+
+    def prepare() -> dict:   # beside Ray's start-up, which mostly waits on its processes
+        classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)   # checks the data first
+        tracking.client_for(tracking_uri).search_experiments(max_results=1)   # creates a new MLflow database
+        return classifiers
+
+    with ThreadPoolExecutor(1, thread_name_prefix="meme-prepare") as pool:
+        prepared = pool.submit(prepare)
+        started = init_ray(args.address, args.num_cpus, args.dashboard, args.verbose)
+        try:
+            classifiers = prepared.result()
+        except BaseException:
+            if started:
+                import ray
+
+                ray.shutdown()
+            raise
     try:
         check_resources(cpu, gpu, local=args.address is None)
         check_shared_paths(storage, tracking_uri, args.shared_storage)

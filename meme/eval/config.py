@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meme.config import FlatConfig, key
-from meme.errors import MemeError
+from meme.config import FlatConfig, check_device_name, key
+from meme.errors import MemeError, check_choice
 
 
 #: how relatedness decides that (i, j) show the same concept; auto = label for labelled data with at most
@@ -41,7 +41,5 @@ class EvalConfig(FlatConfig):
         for name in ("n_latent_train", "max_test_pairs", "n_joint", "likelihood_k", "likelihood_pairs", "n_tsne"):
             if getattr(self, name) < 0:
                 raise MemeError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.related_by not in RELATED_BY:
-            raise MemeError(f"unknown related_by {self.related_by!r}; valid: {', '.join(RELATED_BY)}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise MemeError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        check_choice("related_by", self.related_by, RELATED_BY)
+        check_device_name(self.device)
