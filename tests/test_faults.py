@@ -96,8 +96,12 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_nan_trial_stops_alone(t
     run_dir, state = only_run(storage)
     results = trial_results(run_dir)
     good, bad = by_lr(results, 0.0005), by_lr(results, 1e6)
-    # the good trial: each epoch reported once, the last ones by a new worker that started after the kill
-    assert [r["epoch"] for r in good] == [1, 2, 3], "resumed from the epoch-1 checkpoint, not from scratch"
+    # the good trial: no epoch reported twice, and the last by a new worker that started after the kill. When the
+    # kill lands while epoch 2's report is in flight, Tune's result.json can miss that row (seen once in a CI run:
+    # [1, 3]); MLflow, written by the trial itself before it reports, holds every epoch once (checked below)
+    epochs = [r["epoch"] for r in good]
+    assert epochs[0] == 1 and epochs[-1] == 3 and epochs == sorted(set(epochs)), \
+        f"resumed from a checkpoint, not from scratch: {epochs}"
     assert good[-1]["pid"] != pid and good[-1]["timestamp"] >= int(killed_at)
     assert bad == [], "the NaN trial never completed an epoch"
 
