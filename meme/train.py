@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
 from meme.config import TrainConfig
 from meme.device import resolve_device, resolve_precision
-from meme.data import BatchLoader, get_dataset
+from meme.data import BatchLoader, get_dataset, latent_size
 from meme.data.batch import gather
 from meme.errors import MemeError
 from meme.runs import build_run
@@ -58,6 +58,7 @@ class Trainer:
         run = build_run(cfg, train_data)
         self.train_data, self.observation, self.model = run.train_data, run.observation, run.model.to(self.device)
         self._test_data = test_data
+        self._classifiers = None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         if self.device.type == "cuda":  # keep the uint8 tables on the GPU; batches are sliced there
             self.train_data = self.train_data.to(self.device)
@@ -164,8 +165,10 @@ class Trainer:
         from meme.eval.classifiers import run_classifiers
         from meme.eval.datasets import evaluate_run
 
-        if classifiers is None:
-            classifiers = run_classifiers(self.cfg, device=self.device)
+        if classifiers is None:   # found (for a dataset file: hashed, loaded or trained) once per trainer
+            if self._classifiers is None:
+                self._classifiers = run_classifiers(self.cfg, device=self.device)
+            classifiers = self._classifiers
         eval_cfg = eval_cfg or EvalConfig(likelihood_k=0, seed=self.cfg.seed)
         return evaluate_run(self.cfg, self.model, self.train_data, self.test_data, classifiers, eval_cfg,
                             out_dir=out_dir, figures=figures)
@@ -204,7 +207,7 @@ def _resumable(cfg: TrainConfig) -> dict:
     spec = get_dataset(cfg.dataset)
     d["sigma_floor"] = tuple(cfg.sigma_floor or modality_class(cfg.nets, n).default_sigma_floor
                              for n in spec.network_keys or spec.names)
-    d["latent_dim"] = cfg.latent_dim or spec.latent_dim
+    d["latent_dim"] = latent_size(cfg)
     return d
 
 

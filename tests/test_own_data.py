@@ -380,3 +380,17 @@ def test_mnist_views_write_a_dataset_file_and_study_from_real_mnist(real_mnist_d
                           "--out", str(out)]) == 2
     assert "top_train.parquet exists; give another --out (nothing is overwritten)" in capsys.readouterr().err
     assert (out / "data.yaml").stat().st_mtime_ns == before
+
+
+def test_a_trainer_finds_its_classifiers_once(tmp_path, monkeypatch):
+    """Evaluating every epoch does not hash, load or train the classifiers again each time."""
+    import meme.eval.classifiers as classifiers
+
+    path = _dataset_file(tmp_path)
+    calls = []
+    real = classifiers.run_classifiers
+    monkeypatch.setattr(classifiers, "run_classifiers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    trainer = Trainer(TrainConfig(dataset=str(path), epochs=2, eval_every=1, batch_size=32, latent_dim=8, device="cpu"))
+    history = list(trainer.epochs(lambda final: trainer.evaluate()[0]))
+    assert len(history) == 2 and all("classifier_acc_m0_image" in m for m in history)
+    assert calls == [1]

@@ -16,10 +16,7 @@ from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
 from meme.data.observation import Observation, make_observation
 from meme.data.paired import PairedData
 from meme.errors import MemeError
-from meme.nets import modality_class
-
-
-DEFAULT_LATENT_DIM = 64  # the published code's
+from meme.nets import DEFAULT_LATENT_DIM, modality_class
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ def load_cub(cfg, split: str):
 
 def build_cub_modalities(cfg, train_data):
     """The image-feature and caption networks, sized from the store's vocabulary."""
-    from meme.nets import modality_class
+    from meme.nets import DEFAULT_LATENT_DIM, modality_class
 
     vocab = st.read_vocab(default_features_dir(cfg))
     floor = cfg.sigma_floor or None   # 0 = the family's own floor
-    latent = cfg.latent_dim or 64     # 0 = the published code's
+    latent = cfg.latent_dim or DEFAULT_LATENT_DIM
     image = modality_class(cfg.nets, "cub_image")(latent_dim=latent, sigma_floor=floor,
                                                   llik_scale=cfg.llik_scale, feature_dim=int(train_data.tables[0].shape[1]))
     caption = modality_class(cfg.nets, "cub_caption")(latent_dim=latent, sigma_floor=floor,

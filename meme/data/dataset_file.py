@@ -33,7 +33,6 @@ the file, the column and what is valid. ``meme train --dataset data.yaml`` and a
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +42,14 @@ import torch
 
 from meme.data.paired import PairedData, class_ids, read_array_table
 from meme.errors import MemeError
+from meme.nets.shaped import KINDS, LIKELIHOODS, check_image_shape
 from meme.yamlio import load_yaml
-
-log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 TABLE_SUFFIXES = (".parquet", ".pq", ".npy", ".npz")
 TOP_KEYS = ("name", "modalities", "labels", "latent_dim")
 MODALITY_KEYS = ("name", "train", "test", "column", "kind", "vocab", "pad", "networks")
 NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale")
-KINDS = ("image", "vector", "tokens")
-LIKELIHOODS = ("laplace", "gaussian")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -119,9 +115,9 @@ class DatasetFile:
 
     def build_modalities(self, cfg, train_data=None):
         """The two modalities' networks, chosen by kind from the config's family (``cfg.nets``)."""
-        from meme.nets import modality_class
+        from meme.nets import DEFAULT_LATENT_DIM, modality_class
 
-        latent = cfg.latent_dim or self.latent_dim or 64
+        latent = cfg.latent_dim or self.latent_dim or DEFAULT_LATENT_DIM
         out = []
         for entry, res in zip(self.modalities, self.resolved()):
             extra = {"vocab": res.vocab, "pad": entry.pad} if res.kind == "tokens" else {}
@@ -291,8 +287,6 @@ def _infer_kind(x: np.ndarray) -> str | None:
 
 def _check_rows(entry: ModalityEntry, split: str, x: np.ndarray, kind: str | None) -> tuple[str, np.ndarray]:
     """The kind of the rows and the rows as the networks take them; a one-line error for what cannot be used."""
-    from meme.nets.shaped import check_image_shape
-
     where = _where(entry.table(split), entry.column)
     if x.ndim == 0 or x.dtype.kind not in "biuf":
         raise MemeError(f"{where}: holds {x.dtype} values; it must be numeric")

@@ -160,9 +160,12 @@ def fit_classifier(build: Callable[[], nn.Module], x_tr: Tensor, y_tr: Tensor, e
 
 
 def save_classifier(clf: nn.Module, record: dict, directory) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{record['modality']}.pt"
+    return write_classifier(Path(directory) / f"{record['modality']}.pt", clf, record)
+
+
+def write_classifier(path: Path, clf: nn.Module, record: dict) -> Path:
+    """``path`` (the state dict, written atomically) and ``path`` with ``.json`` (the record) beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({k: v.cpu() for k, v in clf.state_dict().items()}, tmp)
     tmp.replace(path)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from meme.data.dataset_file import DatasetFile, Resolved
 from meme.data.mnist_svhn import cache_dir
 from meme.errors import MemeError
-from meme.eval.classifiers import DigitClassifier, accuracy, fit_classifier
+from meme.eval.classifiers import DigitClassifier, accuracy, fit_classifier, write_classifier
 from meme.eval.latents import has_labels
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,7 @@ def _load(path: Path, res: Resolved, n_classes: int, pad) -> tuple[nn.Module, di
 
 def _save(path: Path, clf: nn.Module, record: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.cpu() for k, v in clf.state_dict().items()}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        write_classifier(path, clf, record)
     except OSError as e:
         raise MemeError(f"cannot write the classifier cache {path} ({e.strerror}); set MEME_CACHE_DIR to a writable "
                         f"directory") from None

@@ -22,6 +22,9 @@ from meme.nets.shaped import (ImageModality, PublishedImageModality, PublishedTo
                               TokensModality, VectorModality)
 from meme.nets.svhn import PublishedSVHNModality, SVHNModality
 
+#: the latent size of runs that leave ``latent_dim`` at 0 and whose dataset names none (the published code's)
+DEFAULT_LATENT_DIM = 64
+
 FAMILIES: dict[str, dict[str, type[Modality]]] = {
     "published": {
         "mnist": PublishedMNISTModality,
@@ -60,5 +63,5 @@ def modality_class(nets: str, name: str) -> type[Modality]:
     return FAMILIES[nets][name]
 
 
-__all__ = ["FAMILIES", "Modality", "as_float", "check_family", "modality_class", "MNISTModality", "SVHNModality",
+__all__ = ["DEFAULT_LATENT_DIM", "FAMILIES", "Modality", "as_float", "check_family", "modality_class", "MNISTModality", "SVHNModality",
            "PublishedMNISTModality", "PublishedSVHNModality"]

@@ -41,6 +41,7 @@ from meme.dists import laplace_log_prob, normal_log_prob_fixed
 from meme.errors import MemeError, check_choice
 from meme.nets.base import Modality, TokenModality
 
+KINDS = ("image", "vector", "tokens")
 LIKELIHOODS = ("laplace", "gaussian")
 MIN_SIDE, MAX_SIDE, MAX_CHANNELS = 8, 512, 64
 MAX_CONV_CHANNELS = 256
@@ -269,6 +270,3 @@ class PublishedTokensModality(TokensModality):
     published = True
     sigma_rule = "clamp"
     default_sigma_floor = 1e-3
-
-
-KINDS = ("image", "vector", "tokens")
