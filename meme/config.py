@@ -24,9 +24,10 @@ class FlatConfig:
 
     def _check_types(self) -> None:
         """Every field holds its annotated type (ints are accepted for floats and converted; bools are not ints)."""
+        types = self.types()
         for f in fields(self):
             v = getattr(self, f.name)
-            typ = f.type if isinstance(f.type, str) else f.type.__name__
+            typ = types[f.name]
             if typ == "float" and isinstance(v, int) and not isinstance(v, bool):
                 object.__setattr__(self, f.name, float(v))
                 continue
@@ -38,14 +39,20 @@ class FlatConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def types(cls) -> dict[str, str]:
+        """Each key's type name: ``{"lr": "float", "seed": "int", "model": "str", ...}``."""
+        return {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(cls)}
+
+    @classmethod
     def add_options(cls, parser) -> None:
         """One command-line option per key (``--max-train-pairs``; booleans as ``--x`` / ``--no-x``), default
         None so that only the options given count; each key's help is its field's (``key``)."""
         import argparse
 
+        types = cls.types()
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            typ = f.type if isinstance(f.type, str) else f.type.__name__
+            typ = types[f.name]
             text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
             if typ == "bool":
                 parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -1,6 +1,7 @@
 """The orchestrator: the paper's studies on Ray Tune, Optuna and MLflow, around ``meme.train``.
 
-* ``study``: studies as YAML files in ``search_spaces/``, validated on load, expanded into trial configs.
+* ``study``: studies as YAML files in ``search_spaces/``, validated on load, expanded into trial configs;
+  ``study_schema`` declares a study file's shape (pydantic) and words its errors.
 * ``trainable``: one trial (the core trainer, per-epoch reports, evaluations, Tune checkpoints).
 * ``tracking``: MLflow parent run per study invocation, one child run per trial.
 * ``sweep``: ``python orchestration/sweep.py --study NAME``, the front door: the CLI, the Tuner, signals;
@@ -10,13 +11,13 @@
 * ``report``: ``python orchestration/report.py --study NAME``, the paper's figures and tables from MLflow.
 
 ``meme`` never imports this package; this package imports ``meme``. Its dependencies (Ray Tune, Optuna,
-MLflow) are the ``orchestrate`` extra: ``pip install -e '.[orchestrate]'`` (``.[dev]`` includes it).
+MLflow; pydantic for the study schema) are the ``orchestrate`` extra: ``pip install -e '.[orchestrate]'`` (``.[dev]`` includes it).
 """
 from __future__ import annotations
 
 import importlib.util
 
-ORCHESTRATION_MODULES = ("ray", "optuna", "mlflow")
+ORCHESTRATION_MODULES = ("ray", "optuna", "mlflow", "pydantic")
 SWEEP_PROG = "sweep.py"   # how sweep.py and the modules it runs name themselves in messages
 
 

@@ -26,21 +26,25 @@ import logging
 import math
 import sys
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meme.config import TrainConfig
 from meme.errors import MemeError
 from orchestration import check_orchestration_installed
-from orchestration.study import ClaimSide, ClaimSpec, FigureSpec, Study, TableSpec, load_study, parse_study
+from orchestration.study import Study, load_study, parse_study
 from orchestration.tracking import (PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, check_reachable, child_runs,
                                     client_for)
+
+if TYPE_CHECKING:   # the spec classes come with pydantic (the orchestrate extra): imported where they are built
+    from orchestration.study_schema import ClaimSide, ClaimSpec, FigureSpec, TableSpec
 
 log = logging.getLogger("orchestration.report")
 
 PROG = "report.py"
-_TYPES = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(TrainConfig)}
+_TYPES = TrainConfig.types()
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,8 @@ def write_claims(claims: tuple, records: list[RunRecord], out_dir: Path) -> list
 def default_specs(study: Study) -> tuple[tuple, tuple]:
     """Without a report section: one table of the study's metric per varying keys."""
     rows = tuple(k for k in study.varying_keys() if k != "seed") or ("model",)
+    from orchestration.study_schema import TableSpec
+
     return (), (TableSpec("summary", rows, (study.metric,), f"{study.name}: {study.metric}"),)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from orchestration import SWEEP_PROG, check_orchestration_installed
 from orchestration.cluster import check_ray_reachable, check_resources, check_shared_paths, init_ray, ray_address
 from orchestration.prepare import prepare_classifiers, prepare_data_dir
 from orchestration.run_state import find_resumable, resolve_storage, write_state
-from orchestration.study import Study, check_gpus, load_study, parse_study, study_names, trial_name
+from orchestration.study import Study, load_study, parse_study, study_names, trial_name
 from orchestration.summary import finish
 
 log = logging.getLogger("orchestration.sweep")
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help=f"a study name ({', '.join(names)}) or a path to a study YAML")
     p.add_argument("--list", action="store_true", help="list the studies with what each reproduces, and exit")
     p.add_argument("--dry-run", action="store_true", help="print the trials the study would run, and exit")
+    p.add_argument("--study-schema", action="store_true",
+                   help="print the study files' JSON Schema (for an editor's YAML checks and completion), and exit")
     p.add_argument("--data-dir", help="data directory of every trial (default: the study's, else $MEME_DATA_DIR "
                                       "or ~/.cache/meme); generated data goes to <data dir>/synthetic/")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); "
@@ -209,6 +212,11 @@ def dry_run(study: Study, base_cfg: dict, cpu: float, gpu: float) -> str:
 def run(args) -> int:
     if args.list:
         print(list_studies())
+        return 0
+    from orchestration.study_schema import check_gpus, study_json_schema   # pydantic: checked installed in main
+
+    if args.study_schema:
+        print(json.dumps(study_json_schema(), indent=2))
         return 0
     if not args.study and args.resume in (None, ""):
         raise MemeError("--study NAME is required (--list shows the studies)")

@@ -76,11 +76,11 @@ BLOCK = """
 import builtins, importlib.util
 real, find = builtins.__import__, importlib.util.find_spec
 def fake(name, *a, **k):
-    if name.split(".")[0] in ("ray", "optuna", "mlflow"):
+    if name.split(".")[0] in ("ray", "optuna", "mlflow", "pydantic", "pydantic_core"):
         raise ImportError("blocked: " + name)
     return real(name, *a, **k)
 builtins.__import__ = fake
-importlib.util.find_spec = lambda n, *a: None if n.split(".")[0] in ("ray", "optuna", "mlflow") else find(n, *a)
+importlib.util.find_spec = lambda n, *a: None if n.split(".")[0] in ("ray", "optuna", "mlflow", "pydantic") else find(n, *a)
 """
 
 
@@ -96,5 +96,5 @@ raise SystemExit(sweep.main(["--study", "smoke", "--dry-run"]))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
-        "sweep.py: error: the orchestrator needs ray, optuna, mlflow, which are not installed; install the "
+        "sweep.py: error: the orchestrator needs ray, optuna, mlflow, pydantic, which are not installed; install the "
         "orchestrate extra: pip install -e '.[orchestrate]' (the library alone: pip install -e .)")

@@ -10,7 +10,8 @@ from meme.config import TrainConfig
 from meme.errors import MemeError
 from meme.train import NonFiniteLoss, Trainer
 from orchestration import report, tracking
-from orchestration.study import FigureSpec, TableSpec, parse_study
+from orchestration.study import parse_study
+from orchestration.study_schema import FigureSpec, TableSpec
 from orchestration.trainable import LocalSession, TrialSettings, run_trial
 
 EVAL = {"max_test_pairs": 64, "n_latent_train": 64, "n_joint": 0, "likelihood_k": 0, "n_tsne": 0, "n_grid": 4,

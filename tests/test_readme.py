@@ -40,6 +40,8 @@ def parsers():
 
 def program_and_args(cmd: str) -> tuple[str, list[str]]:
     words = shlex.split(os.path.expandvars(cmd.replace("$PWD", str(ROOT))))
+    cut = [i for i, w in enumerate(words) if w in (">", ">>", "|")]   # the shell's redirection is not the program's
+    words = words[:cut[0]] if cut else words
     prog = words[0]
     if prog in ("python", "python3", ".venv/bin/python") and len(words) > 1 and words[1].endswith(".py"):
         return words[1], words[2:]

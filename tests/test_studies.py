@@ -157,6 +157,92 @@ def test_top_level_errors(text, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("extra, message", [
+    # every message below comes from the declared schema (orchestration/study_schema.py), worded by one function
+    ("searcher: {name: random, seed: true}\n", "t.yaml: searcher.seed: must be an integer >= 0, got True"),
+    ("searcher: {nam: random}\n", "t.yaml: searcher.nam: unknown key; valid keys: name, seed, num_samples"),
+    ("searcher: {seed: 1}\n", "t.yaml: searcher.name: missing (required)"),
+    ("searcher: [1]\n", "t.yaml: searcher: must be a mapping, got list [1]"),
+    ("scheduler: {name: fifo, grace_period: 1}\n", "t.yaml: scheduler.grace_period: is an ASHA setting; fifo takes none"),
+    ("scheduler: {name: asha, reduction_factor: .inf}\n", "t.yaml: scheduler.reduction_factor: must be a number > 1, got inf"),
+    ("resources: {cpu: true}\n", "t.yaml: resources.cpu: must be a number > 0, got True"),
+    ("search: {lr: {uniform: [1, 2], choice: [1]}}\nsearcher: {name: random}\n",
+     "t.yaml: search.lr: must be one distribution, e.g. {loguniform: [1.0e-4, 1.0e-2]}; valid: uniform, loguniform, "
+     "randint, choice; got {'uniform': [1, 2], 'choice': [1]}"),
+    ("search: {latent_dim: {randint: [1.5, 3]}}\nsearcher: {name: random}\n",
+     "t.yaml: search.latent_dim.randint: must be two integers [low, high) , got [1.5, 3]"),
+    ("report: {figures: 3}\n", "t.yaml: report.figures: must be a list of figures, got 3"),
+    ("report: {figures: [{name: 'a b', x: seed, y: [loss]}]}\n",
+     "t.yaml: report.figures[0].name: 'a b' must use only letters, digits, '_', '-' and '.'"),
+    ("report: {figures: [{name: a, x: seed, y: [loss], logx: 1}]}\n", "t.yaml: report.figures[0].logx: must be true or false, got 1"),
+    ("report: {figures: [{name: a, x: seed, y: [loss], colour: red}]}\n",
+     "t.yaml: report.figures[0].colour: unknown key; valid keys: name, x, y, series, title, logx, where"),
+    ("report: {figures: [{name: a, x: seed, y: [loss], where: {sed: 1}}]}\n",
+     "t.yaml: report.figures[0].where.sed: unknown config key 'sed'; valid keys: model, dataset"),
+    ("report: {tables: [{name: a, rows: [], columns: [loss]}]}\n",
+     "t.yaml: report.tables[0].rows: must be a non-empty list of config keys, got []"),
+    ("report: {tables: [{name: a, rows: [seed], columns: [loss]}], figures: [{name: a, x: seed, y: [loss]}]}\n",
+     "t.yaml: report.tables[0].name: 'a' is used twice; figure, table and claim names must be unique"),
+    ("report: {claims: [{name: c, text: t, a: {metric: loss, value: 1}, b: {value: 0}}]}\n",
+     "t.yaml: report.claims[0].a.value: unknown key; valid keys: where, metric"),
+    ("report: {claims: [{name: c, text: t, a: {where: {seed: 0}}, b: {value: 0}}]}\n",
+     "t.yaml: report.claims[0].a.metric: missing (required)"),
+    ("report: {claims: [{name: c, text: t, a: {metric: loss}, b: {value: 0, metric: loss}}]}\n",
+     "t.yaml: report.claims[0].b: a constant side is {value: NUMBER} alone, got {'value': 0, 'metric': 'loss'}"),
+    ("report: {claims: [{name: c, text: t, a: {metric: 'a - b - c'}, b: {value: 0}}]}\n",
+     "t.yaml: report.claims[0].a.metric: a metric name or 'METRIC - METRIC', got 'a - b - c'"),
+    ("report: {claims: [{name: c, text: t, a: {metric: loss}}]}\n", "t.yaml: report.claims[0].b: missing (required)"),
+    ("grid: [1]\n", "t.yaml: grid[0]: must be a mapping, got int 1"),
+])
+def test_schema_errors_come_from_the_declared_schema(extra, message):
+    assert error(extra).startswith(message)
+
+
+def test_a_study_file_reads_into_the_declared_types():
+    s = study("""\
+        searcher: {name: random, num_samples: 3}
+        search: {lr: {loguniform: [1.0e-4, 1.0e-3]}, K: {choice: [5, 10]}}
+        scheduler: {name: asha}
+        resources: {cpu: 2, gpu: 0.5}
+        report:
+          figures: [{name: f, x: lr, y: [loss], where: {seed: 0, model: meme}}]
+          claims: [{name: c, text: t, a: {metric: loss}, b: {value: 0}}]
+        """)
+    assert s.searcher == {"name": "random", "seed": 0, "num_samples": 3}
+    assert s.scheduler == {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    assert s.resources == {"cpu": 2.0, "gpu": 0.5} and isinstance(s.resources["cpu"], float)
+    assert (s.search["lr"].dist, s.search["lr"].args) == ("loguniform", (1e-4, 1e-3))
+    assert (s.search["K"].dist, s.search["K"].args) == ("choice", (5, 10))
+    fig = s.figures[0]
+    assert (fig.y, fig.series, fig.logx, fig.where) == (("loss",), (), False, (("model", "meme"), ("seed", 0)))
+    assert s.claims[0].b.value == 0.0 and s.claims[0].a.metric == "loss" and s.claims[0].per == ()
+
+
+def test_the_exported_json_schema_agrees_with_the_loader(capsys):
+    """``sweep.py --study-schema`` is the schema the loader uses: every shipped study passes it, and a typo in a key
+    or a wrong type fails it as it fails the loader."""
+    import json
+
+    import jsonschema
+
+    from meme.yamlio import load_yaml
+
+    assert sweep.main(["--study-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for name in SHIPPED:
+        doc = load_yaml((STUDIES_DIR / f"{name}.yaml").read_text(), name)
+        assert list(validator.iter_errors(doc)) == [], name
+    assert sorted(schema["required"]) == ["description", "epochs", "metric", "mode"]
+    for bad in ("searcher: {name: optuna, num_sample: 4}\n", "epochs: '3'\n", "scheduler: {name: hyperband}\n",
+                "report: {tables: [{name: t, rows: [seed], columns: []}]}\n"):
+        doc = load_yaml(MINIMAL.replace("epochs: 2\n", "") + ("" if bad.startswith("epochs") else "epochs: 2\n") + bad, "t")
+        assert list(validator.iter_errors(doc)), bad
+        with pytest.raises(MemeError):
+            parse_study(MINIMAL.replace("epochs: 2\n", "") + ("" if bad.startswith("epochs") else "epochs: 2\n") + bad, "t")
+
+
 def test_scheduler_needs_a_metric_reported_every_epoch():
     extra = "scheduler: {name: asha}\n"
     assert "a searcher or scheduler needs it every epoch" in error(extra, MINIMAL.replace("loss", "w2_gap"))
