@@ -298,7 +298,7 @@ def test_a_study_takes_a_dataset_file(tmp_path):
 # ------------------------------------------------------------ mistakes in dataset files
 def _case(d, name):
     """A dataset file with one mistake; returns its path."""
-    path = _dataset_file(d, ("image", "tokens") if name in ("vocab",) else ("image", "vector"))
+    path = _dataset_file(d, ("image", "tokens") if name in ("vocab", "tokenlik") else ("image", "vector"))
     text = path.read_text()
     if name == "rows":
         np.save(d / "m1_vector_train.npy", np.zeros((N_TRAIN - 1, 5)))
@@ -326,6 +326,10 @@ def _case(d, name):
     elif name == "format":
         (d / "table.csv").write_text("1,2\n")
         text = text.replace("m1_vector_test.npy", "table.csv")
+    elif name == "netkey":   # channels on a modality whose rows are vectors (kind inferred)
+        text = text + "    networks: {channels: 16}\n"
+    elif name == "tokenlik":
+        text = text + "    networks: {likelihood: gaussian}\n"
     elif name == "notparquet":
         (d / "m1_vector_test.parquet").write_bytes(b"not a parquet file at all")
         text = text.replace("m1_vector_test.npy", "m1_vector_test.parquet")
@@ -345,6 +349,10 @@ BAD_FILES = [
     ("missing", ["data.yaml: modalities[1].test:", "nowhere.npy does not exist"]),
     ("format", ["modalities[1].test:", "table.csv is not a Parquet or NumPy table; valid: .parquet, .pq, .npy, .npz"]),
     ("notparquet", ["m1_vector_test.parquet is not a readable Parquet file"]),
+    ("netkey", ["data.yaml: modalities[1].networks.channels: does not apply to vector rows ('m1_vector'); "
+                "valid for vector: hidden, likelihood, scale"]),
+    ("tokenlik", ["data.yaml: modalities[1].networks.likelihood: does not apply to tokens rows ('m1_tokens'); "
+                  "valid for tokens: hidden"]),
 ]
 
 

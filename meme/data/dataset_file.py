@@ -24,7 +24,8 @@ modalities:
   in train and test plus one; ``pad``: the padding id, default 0, ``null`` for none).
 * ``networks`` (per modality): ``hidden`` (MLP widths), ``channels`` (the first conv's width, images),
   ``likelihood`` (``laplace`` or ``gaussian``, images and vectors) and ``scale`` (its fixed scale; default
-  the run's ``llik_scale``). The networks themselves are chosen by shape: ``meme.nets.shaped``.
+  the run's ``llik_scale``; images and vectors); a key the modality's kind does not take is an error, not
+  ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``.
 
 The file is validated when it is read (unknown keys, missing or unreadable tables, types), and the
 tables when they are loaded (row counts, labels, shapes, value ranges); each fault is one line naming
@@ -50,6 +51,8 @@ TABLE_SUFFIXES = (".parquet", ".pq", ".npy", ".npz")
 TOP_KEYS = ("name", "modalities", "labels", "latent_dim")
 MODALITY_KEYS = ("name", "train", "test", "column", "kind", "vocab", "pad", "networks")
 NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale")
+#: the ``networks`` keys each kind's builder (``meme.nets.shaped``) takes
+NETWORK_KEYS_BY_KIND = {"image": NETWORK_KEYS, "vector": ("hidden", "likelihood", "scale"), "tokens": ("hidden",)}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -231,8 +234,6 @@ def parse_dataset(doc, path: Path) -> DatasetFile:
         if "channels" in nets:
             positive_int(f"{key}.networks.channels", nets["channels"])
         if "likelihood" in nets:
-            if kind == "tokens":
-                fail(f"{key}.networks.likelihood", "tokens always have a categorical likelihood")
             if nets["likelihood"] not in LIKELIHOODS:
                 fail(f"{key}.networks.likelihood", f"unknown likelihood {nets['likelihood']!r}; valid: {', '.join(LIKELIHOODS)}")
         if "scale" in nets:
@@ -324,6 +325,16 @@ def _check_rows(entry: ModalityEntry, split: str, x: np.ndarray, kind: str | Non
     return kind, x
 
 
+def _check_network_keys(ds: DatasetFile, m: int, kind: str) -> None:
+    """``networks`` keys that the modality's kind (given or inferred from its rows) does not take are refused,
+    not ignored: ``channels`` on vector rows, a likelihood on tokens (always categorical)."""
+    valid = NETWORK_KEYS_BY_KIND[kind]
+    bad = [k for k in ds.modalities[m].networks if k not in valid]
+    if bad:
+        raise MemeError(f"{ds.path}: modalities[{m}].networks.{bad[0]}: does not apply to {kind} rows "
+                        f"({ds.modalities[m].name!r}); valid for {kind}: {', '.join(valid)}")
+
+
 def load_tables(ds: DatasetFile):
     """Both splits as ``PairedData`` and what each modality resolved to; every check of the module docstring."""
     splits: dict[str, list] = {"train": [], "test": []}
@@ -342,6 +353,7 @@ def load_tables(ds: DatasetFile):
             raise MemeError(f"{entry.test}: rows of shape {tuple(splits['test'][m].shape[1:])} ({kinds['test']}), but "
                             f"{entry.train} has {tuple(splits['train'][m].shape[1:])} ({kinds['train']}); "
                             f"the train and test tables of {entry.name!r} must have the same row shape")
+        _check_network_keys(ds, m, kinds["train"])
         vocab = None
         if kinds["train"] == "tokens":
             vocab = _check_tokens(entry, splits["train"][m], splits["test"][m])
