@@ -222,8 +222,9 @@ def keep_logged_epochs(path: Path, last: int) -> None:
         path.write_text("".join(ln + "\n" for ln in kept))
 
 
-def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True) -> Iterator[dict]:
-    """Train ``cfg``; yield each epoch's metrics. With ``out_dir``: config, checkpoints, metrics.jsonl there."""
+def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True, eval_cfg=None) -> Iterator[dict]:
+    """Train ``cfg``; yield each epoch's metrics (the evaluations' as ``eval_<name>``, with ``eval_cfg``: an
+    ``EvalConfig``, default ``Trainer.evaluate``'s). With ``out_dir``: config, checkpoints, metrics.jsonl there."""
     out = Path(out_dir) if out_dir else None
     trainer = Trainer(cfg)
     if out is not None:
@@ -247,7 +248,8 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
         (out / "metadata.json").write_text(json.dumps(trainer.metadata(), indent=2) + "\n")
 
     def evaluate(final: bool) -> dict:
-        evals, _ = trainer.evaluate(out_dir=out / "eval" if (out is not None and final) else None, figures=final)
+        evals, _ = trainer.evaluate(eval_cfg, out_dir=out / "eval" if (out is not None and final) else None,
+                                    figures=final)
         return {f"eval_{k}": v for k, v in evals.items()}
 
     for metrics in trainer.epochs(evaluate, progress=progress):

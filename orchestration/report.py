@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import sys
@@ -114,6 +115,36 @@ def load_records(client, parent) -> tuple[list[RunRecord], list[str]]:
             continue
         config = {k: _typed(k, v) for k, v in run.data.params.items() if k in _TYPES}
         records.append(RunRecord(name, run.info.status, config, dict(run.data.metrics)))
+    return records, skipped
+
+
+def load_run_dirs(root: Path) -> tuple[list[RunRecord], list[str]]:
+    """``meme train`` run directories under ``root`` (config.json and metrics.jsonl) as records: each metric's
+    latest value, evaluations under their trial names (``eval_coherence_...`` -> ``coherence_...``); a run that
+    has not reached its last epoch is skipped, with one line."""
+    records, skipped = [], []
+    for cfg_path in sorted(root.rglob("config.json")):
+        run = cfg_path.parent
+        name = str(run.relative_to(root)) if run != root else run.name
+        try:
+            config = TrainConfig.load(cfg_path).to_dict()
+        except MemeError as e:
+            skipped.append(f"{name}: unreadable config.json ({e})")
+            continue
+        metrics, epoch = {}, 0
+        log_path = run / "metrics.jsonl"
+        for line in (log_path.read_text().splitlines() if log_path.is_file() else []):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue   # a line cut by a kill
+            epoch = max(epoch, int(row.get("epoch", 0)))
+            metrics.update({k.removeprefix("eval_"): float(v) for k, v in row.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if epoch < config["epochs"]:
+            skipped.append(f"{name}: epoch {epoch} of {config['epochs']}")
+            continue
+        records.append(RunRecord(name, "FINISHED", config, metrics))
     return records, skipped
 
 
@@ -360,6 +391,23 @@ def report(study_name: str, tracking_uri: str, experiment: str | None = None, ru
     return files, skipped
 
 
+def report_runs(study_name: str, runs: str, out: str | None = None) -> tuple[list[Path], list[str]]:
+    """The report of ``meme train`` run directories under ``runs`` (trials run without Ray and MLflow, e.g. by
+    ``benchmarks/claims_device.py``), against the study file's figures, tables and claims."""
+    root = Path(runs)
+    if not root.is_dir():
+        raise MemeError(f"--runs {runs}: no such folder")
+    study = load_study(study_name)
+    records, skipped = load_run_dirs(root)
+    if not records:
+        raise MemeError(f"no finished run (config.json and metrics.jsonl up to its last epoch) under {root}"
+                        + (f" ({len(skipped)} not finished)" if skipped else ""))
+    files = make_report(study, records, Path(out) if out else root / "report")
+    if not files:
+        raise MemeError(f"none of the metrics the report of {study.name!r} asks for were logged by the runs under {root}")
+    return files, skipped
+
+
 def build_parser() -> argparse.ArgumentParser:
     from orchestration.study import study_names
 
@@ -372,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="the study's parent run (default: its latest)")
     p.add_argument("--out", help="output folder (default: runs/reports/<parent run name>/)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    p.add_argument("--runs", metavar="DIR", help="read `meme train` run directories under DIR (config.json, "
+                                                 "metrics.jsonl) instead of MLflow; output default: DIR/report/")
     return p
 
 
@@ -382,8 +432,15 @@ def main(argv=None) -> int:
 
     try:
         check_orchestration_installed()
-        files, skipped = report(args.study, args.tracking_uri or default_tracking_uri(), args.experiment,
-                                args.run_id, args.out, not args.no_log)
+        if args.runs:
+            mlflow_opts = [o for o, v in (("--tracking-uri", args.tracking_uri), ("--experiment", args.experiment),
+                                          ("--run-id", args.run_id), ("--no-log", args.no_log)) if v]
+            if mlflow_opts:
+                raise MemeError(f"--runs reads run directories, not MLflow; drop {', '.join(mlflow_opts)}")
+            files, skipped = report_runs(args.study, args.runs, args.out)
+        else:
+            files, skipped = report(args.study, args.tracking_uri or default_tracking_uri(), args.experiment,
+                                    args.run_id, args.out, not args.no_log)
     except MemeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

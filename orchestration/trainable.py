@@ -119,20 +119,14 @@ def load_classifiers(sent: dict | None, names, device) -> dict:
 
 
 def evaluate_model(trainer: Trainer, classifiers: dict, eval_kwargs: dict, out_dir=None, figures: bool = False) -> dict:
-    """The evaluation suite on the trainer's model: coherence, latent accuracy, W2 (and more), as flat floats;
-    for CUB also the correlation under CCA (``meme.eval.datasets``).
-
-    ``coherence_cross_mean`` is added: the mean of the two cross-coherences, one number to rank trials by.
-    """
+    """The evaluation suite on the trainer's model: coherence (both directions and their mean,
+    ``coherence_cross_mean``), latent accuracy, W2 (and more), as flat floats; for CUB also the correlation
+    under CCA (``meme.eval.datasets``)."""
     from meme.eval import EvalConfig
 
     t0 = time.perf_counter()
     eval_cfg = EvalConfig.from_dict(eval_kwargs)
     metrics, _ = trainer.evaluate(eval_cfg, classifiers, out_dir=out_dir, figures=figures)
-    a, b = trainer.model.names
-    cross = [metrics[k] for k in (f"coherence_{a}_to_{b}", f"coherence_{b}_to_{a}") if k in metrics]
-    if len(cross) == 2:
-        metrics["coherence_cross_mean"] = sum(cross) / 2
     metrics["eval_time_s"] = time.perf_counter() - t0
     return metrics
 

@@ -80,6 +80,9 @@ def test_meme_eval_writes_the_metrics_of_evaluate_and_the_figures(run_dir, clf_d
         assert key in metrics, key
     assert metrics["n_test_pairs"] == 200.0
     assert metrics["w2_gap"] == pytest.approx(metrics["w2_unpaired_mean"] - metrics["w2_paired_mean"])
+    # the number trials, meme train and meme eval all rank by: the mean of the two directions
+    assert metrics["coherence_cross_mean"] == pytest.approx(
+        (metrics["coherence_mnist_to_svhn"] + metrics["coherence_svhn_to_mnist"]) / 2)
     assert {p.name for p in out.iterdir()} >= {"cross_mnist_to_svhn.png", "cross_svhn_to_mnist.png", "w2_histogram.png",
                                                 "class_matrix.png", "relatedness.json", "eval_config.json"}
     assert "coherence_mnist_to_svhn" in capsys.readouterr().out

@@ -219,6 +219,54 @@ def test_claims_file_written(tmp_path):
     assert csv_path.read_text().splitlines()[0] == "claim,group,verdict,overall,a_mean,a_std,a_n,b_mean,b_std,b_n"
 
 
+def test_report_from_run_directories(tmp_path, synth_dir, capsys):
+    """``report.py --runs DIR``: ``meme train`` run directories instead of MLflow. Hand-written runs give the
+    hand-computed claim of ``test_claims_file_written``; a real run's evaluations come back under their trial
+    names; an unfinished run is listed and skipped."""
+    import json
+
+    from meme.eval import EvalConfig
+    from meme.train import train
+
+    runs = tmp_path / "runs"
+    for r in CLAIM_RUNS:
+        d = runs / r.name
+        d.mkdir(parents=True)
+        TrainConfig(model=r.config["model"], supervision=r.config["supervision"], seed=r.config["seed"],
+                    epochs=2).save(d / "config.json")
+        rows = [{"epoch": 1, "loss": 9.0, "eval_coh": 0.0}, {"epoch": 2, "loss": 5.0, "eval_coh": r.metrics["coh"]}]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    cut = runs / "cut"
+    cut.mkdir()
+    TrainConfig(model="meme", epochs=2).save(cut / "config.json")
+    (cut / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0, "eval_coh": 99.0}) + "\n")
+    records, skipped = report.load_run_dirs(runs)
+    assert sorted(r.name for r in records) == sorted(r.name for r in CLAIM_RUNS) and skipped == ["cut: epoch 1 of 2"]
+    assert {r.name: r.metrics["coh"] for r in records} == {r.name: r.metrics["coh"] for r in CLAIM_RUNS}
+    assert all(r.metrics["loss"] == 5.0 and r.config["epochs"] == 2 for r in records)
+
+    study = tmp_path / "c.yaml"
+    study.write_text(MINIMAL_CLAIMS.format(claims="""    - {name: c1, text: MEME beats MVAE, per: [supervision],
+       a: {where: {model: meme}, metric: coh}, b: {where: {model: mvae}, metric: coh}}"""))
+    assert report.main(["--study", str(study), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped (not finished): cut: epoch 1 of 2" in out
+    assert "| | holds | supervision=1 | 0.6500 ± 0.0707 (2) | 0.4000 ± 0.1414 (2) |" in (runs / "report" / "claims.md").read_text()
+    assert report.main(["--study", str(study), "--runs", str(runs), "--run-id", "abc"]) == 2
+    assert "--runs reads run directories, not MLflow; drop --run-id" in capsys.readouterr().err
+    assert report.main(["--study", str(study), "--runs", str(tmp_path / "nowhere")]) == 2
+    assert "--runs" in capsys.readouterr().err
+
+    real = tmp_path / "real"
+    cfg = TrainConfig(data_dir=str(synth_dir), download=False, max_train_pairs=256, max_test_pairs=128, latent_dim=8,
+                      epochs=1, seed=0)
+    list(train(cfg, real / "meme-s0", progress=False, eval_cfg=EvalConfig(likelihood_k=0, n_joint=0, n_tsne=0,
+                                                                          n_latent_train=256, elbo=False)))
+    (rec,), skipped = report.load_run_dirs(real)
+    assert skipped == [] and rec.name == "meme-s0" and rec.config == cfg.to_dict()
+    assert "w2_gap" in rec.metrics and "latent_acc_mnist" in rec.metrics and not any(k.startswith("eval_") for k in rec.metrics)
+
+
 @pytest.mark.parametrize("text, message", [
     ("    - {name: x, text: t, a: {metric: coh}}", r"report.claims\[0\].b: missing \(required\)"),
     ("    - {name: x, text: t, a: {metric: coh, value: 1}, b: {value: 0}}", r"report.claims\[0\].a.value: unknown key; valid keys: where, metric"),

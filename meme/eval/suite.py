@@ -120,6 +120,10 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
                 if names[b] in classifiers:
                     metrics[f"coherence_{names[a]}_to_{names[b]}"] = cross_coherence(
                         model, enc, a, b, classifiers[names[b]], cfg.batch_size, device, cfg.use_mean)
+            cross = [metrics[k] for k in (f"coherence_{names[0]}_to_{names[1]}", f"coherence_{names[1]}_to_{names[0]}")
+                     if k in metrics]
+            if len(cross) == 2:   # one number to rank runs by: the mean of the two directions
+                metrics["coherence_cross_mean"] = sum(cross) / 2
 
     with stage("joint_coherence"):
         if cfg.n_joint and all(n in classifiers for n in names):
