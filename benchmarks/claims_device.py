@@ -48,14 +48,6 @@ def plan(study_name: str, out: str) -> Path:
     return path
 
 
-def _finished(run: Path, epochs: int) -> bool:
-    log = run / "metrics.jsonl"
-    if not log.is_file():
-        return False
-    lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
-    return bool(lines) and int(lines[-1].get("epoch", 0)) >= epochs and (run / "eval" / "metrics.json").is_file()
-
-
 def _trial(config: dict, eval_cfg: dict, run: str, threads: int, keep_checkpoint: bool) -> tuple[str, float]:
     """One trial in its own process: ``meme.train.train`` into ``run`` (resuming a checkpoint there)."""
     import torch
@@ -95,14 +87,13 @@ def run(plan_path: str, data_dir: str, out: str, parallel: int, budget_s: float,
     spec = json.loads(Path(plan_path).read_text())
     data = Path(data_dir).resolve()
     prepare_data(data, "cuda" if device.startswith("cuda") else "cpu")
+    from orchestration.report import load_run_dirs   # no Ray, MLflow or pydantic needed
+
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
-    for t in spec["trials"]:
-        cfg = {**t["config"], "data_dir": str(data), "download": False, "device": device}
-        if _finished(out_dir / t["name"], cfg["epochs"]):
-            continue
-        todo.append((t["name"], cfg))
+    finished = {r.name for r in load_run_dirs(out_dir)[0]}   # logged up to the last epoch, so evaluated too
+    todo = [(t["name"], {**t["config"], "data_dir": str(data), "download": False, "device": device})
+            for t in spec["trials"] if t["name"] not in finished]
     done = len(spec["trials"]) - len(todo)
     print(f"{spec['study']}: {len(todo)} trials to run ({done} finished before), {parallel} at once", flush=True)
     threads = max(1, (os.cpu_count() or 2) // parallel)
