@@ -301,12 +301,38 @@ def test_list_and_usage_errors(capsys):
 def test_param_space_puts_grid_points_under_one_grid_search():
     s = load_study("baselines_mnist_svhn")
     space = sweep.param_space(s, s.base_config())
-    assert space["grid"] == {"grid_search": s.points()}
+    assert space["grid"] == {"grid_search": s.points()}   # every point sets every grid key: nothing to fill in
     assert "model" not in space and "supervision" not in space and space["epochs"] == 100
     lr = load_study("lr_search")
     space = sweep.param_space(lr, lr.base_config())
     assert type(space["lr"]).__name__ == "Float" and space["lr"].lower == 1e-4
     assert space["latent_dim"].categories == [16, 32, 64]
+
+
+def test_a_key_set_by_one_block_of_a_union_takes_the_base_value_in_the_others():
+    from orchestration.trainable import train_config
+
+    s = study("""\
+        base: {dataset: mnist_svhn, lr: 0.001}
+        grid:
+          - {model: [meme], nets: [appendix_k], seed: [0]}
+          - {model: [meme], supervision: [0.25], n_pseudo: [5], seed: [0]}
+          - {model: [meme], supervision: [0.25], paired_only: [true], seed: [0]}
+        """)
+    space = sweep.param_space(s, s.base_config())
+    points = space["grid"]["grid_search"]
+    assert points == [
+        {"model": "meme", "n_pseudo": 100, "nets": "appendix_k", "paired_only": False, "seed": 0, "supervision": 1.0},
+        {"model": "meme", "n_pseudo": 5, "nets": "published", "paired_only": False, "seed": 0, "supervision": 0.25},
+        {"model": "meme", "n_pseudo": 100, "nets": "published", "paired_only": True, "seed": 0, "supervision": 0.25}]
+    # what each trial trains: the flat space and its point, as the trainable reads them
+    cfgs = [train_config({**{k: v for k, v in space.items() if k != "grid"}, "grid": p}) for p in points]
+    assert [(c.nets, c.n_pseudo, c.paired_only, c.lr) for c in cfgs] == [
+        ("appendix_k", 100, False, 0.001), ("published", 5, False, 0.001), ("published", 100, True, 0.001)]
+    # and the dry run names the same trials
+    assert [trial_name(c.to_dict(), s.varying_keys()) for c in cfgs] == [
+        "meme-f1-split-withunpaired-appendix_k-p100-s0", "meme-f0.25-split-withunpaired-published-p5-s0",
+        "meme-f0.25-split-pairedonly-published-p100-s0"]
 
 
 def test_a_local_storage_path_is_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
