@@ -82,13 +82,14 @@ def param_space(study: Study, base_cfg: dict) -> dict:
     from orchestration.trainable import GRID_KEY
 
     grid_keys = {k for g in study.grid for k in g}
-    space = {k: v for k, v in base_cfg.items() if k not in set(study.search) | grid_keys}
+    fixed = set(study.search) | grid_keys
+    space = {k: v for k, v in base_cfg.items() if k not in fixed}
     if study.grid:
         # A key one block of a union sets is out of the flat space, so every point carries it: the points of
-        # the other blocks take the base value (else a trial would read the key as missing, i.e. as stored
-        # before it existed: nets = appendix_k).
-        shared = {k: base_cfg[k] for k in sorted(grid_keys) if k in base_cfg}
-        space[GRID_KEY] = tune.grid_search([{**shared, **p} for p in study.points()])
+        # the other blocks take base_cfg's value, i.e. the default, since a study's base may not set a grid key
+        # (else a trial would read the key as missing, i.e. as stored before it existed: nets = appendix_k).
+        defaults = {k: base_cfg[k] for k in sorted(grid_keys)}
+        space[GRID_KEY] = tune.grid_search([{**defaults, **p} for p in study.points()])
     dists = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
     for k, p in study.search.items():
         space[k] = tune.choice(list(p.args)) if p.dist == "choice" else dists[p.dist](*p.args)

@@ -309,7 +309,7 @@ def test_param_space_puts_grid_points_under_one_grid_search():
     assert space["latent_dim"].categories == [16, 32, 64]
 
 
-def test_a_key_set_by_one_block_of_a_union_takes_the_base_value_in_the_others():
+def test_a_key_set_by_one_block_of_a_union_takes_its_default_in_the_others():
     from orchestration.trainable import train_config
 
     s = study("""\
@@ -330,9 +330,11 @@ def test_a_key_set_by_one_block_of_a_union_takes_the_base_value_in_the_others():
     assert [(c.nets, c.n_pseudo, c.paired_only, c.lr) for c in cfgs] == [
         ("appendix_k", 100, False, 0.001), ("published", 5, False, 0.001), ("published", 100, True, 0.001)]
     # and the dry run names the same trials
-    assert [trial_name(c.to_dict(), s.varying_keys()) for c in cfgs] == [
-        "meme-f1-split-withunpaired-appendix_k-p100-s0", "meme-f0.25-split-withunpaired-published-p5-s0",
-        "meme-f0.25-split-pairedonly-published-p100-s0"]
+    names = [trial_name(c.to_dict(), s.varying_keys()) for c in cfgs]
+    assert names == ["meme-f1-split-withunpaired-appendix_k-p100-s0", "meme-f0.25-split-withunpaired-published-p5-s0",
+                     "meme-f0.25-split-pairedonly-published-p100-s0"]
+    dry = sweep.dry_run(s, s.base_config(), 1, 0)
+    assert [f"[{i:>3}] {n}  " in dry for i, n in enumerate(names)] == [True, True, True]
 
 
 def test_a_local_storage_path_is_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
