@@ -15,9 +15,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# torch's own probes of the CPU's bf16 instructions (``torch.backends.cpu.get_cpu_capability()`` names only the
+# vector width, "AVX2" or "AVX512", never bf16): AVX512-BF16 (Cooper Lake, Zen 4 and later) and AMX tiles
+# (Sapphire Rapids and later). Private names, so a torch without them reads as "no native bf16".
+BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AMX / AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX", "AVX512_AMX")
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and far
+    slower than fp32."""
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in BF16_PROBES)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

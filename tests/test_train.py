@@ -198,3 +198,31 @@ def test_a_trial_and_meme_train_run_the_same_loop(synth_dir, tmp_path):
     run_trial(cfg.to_dict(), TrialSettings(study="loop", eval={"max_test_pairs": 64}), session)
     assert [m["loss"] for m in session.reports] == [m["loss"] for m in cli]
     assert ["w2_gap" in m for m in session.reports] == ["eval_w2_gap" in m for m in cli] == [False, True, True]
+
+
+def test_torch_has_the_probes_that_name_native_bf16():
+    # the probes must exist in the installed torch, or ``auto`` silently reads every CPU as "no native bf16"
+    # (get_cpu_capability() names only "AVX2" / "AVX512", never bf16: a check on its strings never held)
+    from meme.device import BF16_PROBES
+
+    assert all(callable(getattr(torch.cpu, probe, None)) for probe in BF16_PROBES)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                        (False, True, "bf16"), (True, True, "bf16")])
+def test_auto_precision_on_a_cpu_is_bf16_where_it_has_bf16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    from meme.device import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_auto_precision_is_fp32_on_a_torch_without_the_probes(monkeypatch):
+    from meme.device import resolve_precision
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
