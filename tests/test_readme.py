@@ -98,3 +98,10 @@ def test_program_lookup_catches_a_stale_option():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--out", "x", "--no-such-option"])
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
+
+
+def test_the_study_table_names_every_shipped_study_with_its_number_of_trials():
+    from orchestration.study import load_study, study_names
+
+    table = {name: int(n) for name, n in re.findall(r"^\| `(\w+)` \| (\d+) \|", README, re.M)}
+    assert table == {name: load_study(name).num_trials() for name in study_names()}

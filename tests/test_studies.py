@@ -380,12 +380,3 @@ def test_the_summary_reads_the_public_result_grid(tmp_path):
     assert {r["trial"]: r["status"] for r in rows} == {"meme-f1-split-s0": "done", "meme-f1-split-s1": "interrupted", "meme-f1-split-s2": "interrupted",
                                                        "meme-f1-split-s3": "FAILED"}
     assert "meme-f1-split-s3: MemeError: non-finite loss at epoch 1" in format_table(rows, "w2_gap")
-
-
-def test_the_readme_study_table_names_every_shipped_study_with_its_number_of_trials():
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = {name: int(n) for name, n in re.findall(r"^\| `(\w+)` \| (\d+) \|", readme, re.M)}
-    assert table == {name: load_study(name).num_trials() for name in SHIPPED}
