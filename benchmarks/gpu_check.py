@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from meme.config import TrainConfig  # noqa: E402
 from meme.data import PairedData  # noqa: E402
 from meme.data.batch import gather  # noqa: E402
+from meme.device import cpu_has_native_bf16  # noqa: E402
 from meme.models import MODELS  # noqa: E402
 from meme.models.reference import reference_meme_loss  # noqa: E402
 from meme.train import Trainer  # noqa: E402
@@ -80,8 +81,8 @@ def time_step(step, batches, steps: int, device) -> float:
 
 
 def precisions(args) -> tuple[str, ...]:
-    """fp32 and bf16 on a GPU; fp32 alone on a CPU (without native bf16, bf16 there is emulated and slow)."""
-    return ("fp32", "bf16") if torch.device(args.device).type == "cuda" else ("fp32",)
+    """fp32 and bf16 on a GPU or a CPU with native bf16; fp32 alone on other CPUs (bf16 there is emulated and slow)."""
+    return ("fp32", "bf16") if torch.device(args.device).type == "cuda" or cpu_has_native_bf16() else ("fp32",)
 
 
 def cfg_for(args, **kw) -> TrainConfig:
