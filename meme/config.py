@@ -107,7 +107,9 @@ def key(default, help: str):
 
 #: keys whose default changed after runs were written without them: the value such a run was trained with
 #: (``nets``: before the network family became a key, every run used appendix K's networks)
-LEGACY_DEFAULTS = {"nets": "appendix_k"}
+#: (``vector_output``: before it existed, vector decoders had an identity output on the raw rows)
+LEGACY_DEFAULTS = {"nets": "appendix_k", "vector_output": "linear"}
+VECTOR_OUTPUT_CHOICES = ("auto", "linear")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ class TrainConfig(FlatConfig):
     latent_dim: int = key(0, "latent size; 0 = the dataset's own (64, or the dataset file's latent_dim)")
     sigma_floor: float = key(0.0, "floor on the encoders' sigma; 0 = the network family's own (published: 1e-3 MNIST, 1e-4 SVHN; appendix_k: 1e-3)")
     llik_scale: float = key(1.0, 'fixed Laplace scale of image likelihoods (1.0 in the published MEME code)')
+    vector_output: str = key("auto", "decoder output of a dataset file's vector modalities: auto (a sigmoid for rows in [0, 1], "
+                             "as the image and published MNIST decoders; other rows standardised by the training table, "
+                             "linear output, likelihood scale per feature) | linear (identity on the raw rows, as runs before this key)")
     K: int = key(10, 'extra posterior samples in the log q(t|s) estimate')
     lam: float = key(10.0, 'weight of log q(t|s)')
     n_pseudo: int = key(100, 'pseudo-samples per modality (mixture prior of a missing modality)')
@@ -173,6 +178,7 @@ class TrainConfig(FlatConfig):
             raise MemeError(f"sigma_floor={self.sigma_floor} must be >= 0 (0 = the network family's own) "
                             f"and llik_scale={self.llik_scale} must be > 0")
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("vector_output", self.vector_output, VECTOR_OUTPUT_CHOICES)
         from meme.data import get_dataset, is_dataset_file
         from meme.models import MODELS
         from meme.models.meme import DIRECTIONS

@@ -35,9 +35,11 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: 
     return _flat_sum(lp, event_dims)
 
 
-def normal_log_prob_fixed(x: Tensor, loc: Tensor, scale: float, event_dims: int) -> Tensor:
-    """log N(x; loc, scale^2) with one fixed scale, summed over the trailing ``event_dims`` dimensions."""
-    lp = -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * LOG_2PI
+def normal_log_prob_fixed(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: int) -> Tensor:
+    """log N(x; loc, scale^2) with a fixed scale (one number, or one per event element), summed over the
+    trailing ``event_dims`` dimensions."""
+    log_scale = scale.log() if isinstance(scale, Tensor) else math.log(scale)
+    lp = -0.5 * ((x - loc) / scale) ** 2 - log_scale - 0.5 * LOG_2PI
     return _flat_sum(lp, event_dims)
 
 

@@ -25,7 +25,9 @@ modalities:
 * ``networks`` (per modality): ``hidden`` (MLP widths), ``channels`` (the first conv's width, images),
   ``likelihood`` (``laplace`` or ``gaussian``, images and vectors) and ``scale`` (its fixed scale; default
   the run's ``llik_scale``; images and vectors); a key the modality's kind does not take is an error, not
-  ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``.
+  ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``. A vector modality's decoder
+  output follows its values (``Resolved.unit_range``, the run's ``vector_output``): a sigmoid where all of
+  them lie in [0, 1], else standardised rows (the training table's per-feature statistics).
 
 The file is validated when it is read (unknown keys, missing or unreadable tables, types), and the
 tables when they are loaded (row counts, labels, shapes, value ranges); each fault is one line naming
@@ -78,10 +80,18 @@ class ModalityEntry:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A modality as its tables show it: kind, row shape and (tokens) vocabulary."""
+    """A modality as its tables show it: kind, row shape, (tokens) vocabulary and (vectors) whether every
+    value of both splits lies in [0, 1]."""
     kind: str
     shape: tuple[int, ...]
     vocab: int | None = None
+    unit_range: bool | None = None
+
+    def vector_output(self, choice: str) -> str:
+        """The vector decoder's output (``meme.nets.shaped``) for the run's ``vector_output``."""
+        if choice == "linear":
+            return "linear"
+        return "sigmoid" if self.unit_range else "standardized"
 
 
 @dataclass(frozen=True)
@@ -122,8 +132,12 @@ class DatasetFile:
 
         latent = cfg.latent_dim or self.latent_dim or DEFAULT_LATENT_DIM
         out = []
-        for entry, res in zip(self.modalities, self.resolved()):
+        for m, (entry, res) in enumerate(zip(self.modalities, self.resolved())):
             extra = {"vocab": res.vocab, "pad": entry.pad} if res.kind == "tokens" else {}
+            if res.kind == "vector":
+                extra["output"] = res.vector_output(cfg.vector_output)
+                if extra["output"] == "standardized":
+                    extra["mean"], extra["std"] = feature_stats(self.load("train").rows(m))
             out.append(modality_class(cfg.nets, res.kind)(
                 latent_dim=latent, sigma_floor=cfg.sigma_floor or None, llik_scale=cfg.llik_scale,
                 shape=res.shape, name=entry.name, **extra, **entry.networks))
@@ -132,6 +146,13 @@ class DatasetFile:
 
 _LOADED: dict = {}
 _PARSED: dict = {}
+
+
+def feature_stats(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and spread of (N, D) rows, in float64 then float32; a constant feature gets spread 1."""
+    x = rows.double()
+    mean, std = x.mean(0), x.std(0, unbiased=False) if len(x) > 1 else torch.zeros(x.shape[1:], dtype=x.dtype)
+    return mean.float(), torch.where(std > 0, std, torch.ones_like(std)).float()
 
 
 def _stamp(path: Path):
@@ -357,7 +378,11 @@ def load_tables(ds: DatasetFile):
         vocab = None
         if kinds["train"] == "tokens":
             vocab = _check_tokens(entry, splits["train"][m], splits["test"][m])
-        resolved.append(Resolved(kinds["train"], tuple(splits["train"][m].shape[1:]), vocab))
+        unit = None
+        if kinds["train"] == "vector":
+            unit = all(x.dtype == np.uint8 or not x.size or (float(x.min()) >= 0.0 and float(x.max()) <= 1.0)
+                       for x in (splits["train"][m], splits["test"][m]))
+        resolved.append(Resolved(kinds["train"], tuple(splits["train"][m].shape[1:]), vocab, unit))
     data = {}
     for split in ("train", "test"):
         (xa, xb), (la, lb) = splits[split], labels[split]

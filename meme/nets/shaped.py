@@ -15,13 +15,26 @@ appendix K's:
   - appendix_k: no BatchNorm, two convs to L (mu, sigma), sigma = softplus + 1e-3.
 
   Fixed-scale Laplace likelihood (``llik_scale``), or Gaussian (``likelihood: gaussian``).
-* ``vector`` rows (D,): MLPs, identity output (uint8 rows are read as [0, 1] floats).
+* ``vector`` rows (D,): MLPs (uint8 rows are read as [0, 1] floats).
 
   - published: D -> 512 ELU -> 512 softplus -> heads, sigma = max(softplus, 1e-3); decoder
     L -> 512 ReLU -> 512 ReLU -> D (the published MNIST networks, for any D);
   - appendix_k: D -> 400 ReLU -> heads, sigma = softplus + 1e-3; decoder L -> 400 ReLU -> D.
 
-  Laplace (default) or Gaussian likelihood with a fixed scale.
+  Laplace (default) or Gaussian likelihood with a fixed scale. The decoder's output follows the data
+  (``output``, chosen by the run's ``vector_output``):
+
+  - ``sigmoid``: rows whose values all lie in [0, 1] (pixels, frequencies, probabilities); the last layer
+    ends in a sigmoid, as the image decoders and the published MNIST decoder do (for D = 784 the published
+    family is then exactly the published MNIST networks). An unbounded output under a fixed-scale
+    Laplace likelihood learns the per-feature median given z: every background feature sits at zero, its
+    sign gradient of +-1/scale never dies down, and generation into such a modality stays at chance;
+  - ``standardized``: any other rows. The encoder reads ``(x - mean) / std`` and the decoder's linear
+    output is de-standardised (``mean + std * out``), with the training table's per-feature mean and
+    spread kept as buffers; the likelihood's scale is ``scale * std`` per feature, so it measures errors
+    in units of each feature's spread rather than in the data's raw units (a scale of 1 on features that
+    vary by 0.01 would make the likelihood flat, and on features that vary by 1000 would drown the KL);
+  - ``linear``: the identity output on the raw rows (runs written before ``vector_output`` existed).
 * ``tokens`` rows (T,) of integer ids below ``vocab``: a word embedding (128, the padding id embeds to
   zero) flattened into the same MLPs as vectors; the decoder's last layer gives T x 128, and one linear
   layer shared by the positions gives T x vocab logits. Categorical likelihood, padding positions left
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,6 +56,7 @@ from meme.errors import MemeError, check_choice
 from meme.nets.base import Modality, TokenModality
 
 KINDS = ("image", "vector", "tokens")
+VECTOR_OUTPUTS = ("sigmoid", "standardized", "linear")
 LIKELIHOODS = ("laplace", "gaussian")
 MIN_SIDE, MAX_SIDE, MAX_CHANNELS = 8, 512, 64
 MAX_CONV_CHANNELS = 256
@@ -104,11 +119,14 @@ class _FixedScaleLikelihood:
             raise MemeError(f"likelihood scale={scale} must be > 0")
         self.likelihood, self.llik_scale = likelihood, float(scale)
 
+    def _scale(self):
+        return self.llik_scale
+
     def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
         dims = len(self.event_shape)
         if self.likelihood == "gaussian":
-            return normal_log_prob_fixed(x.float(), params.float(), self.llik_scale, dims)
-        return laplace_log_prob(x.float(), params.float(), self.llik_scale, dims)
+            return normal_log_prob_fixed(x.float(), params.float(), self._scale(), dims)
+        return laplace_log_prob(x.float(), params.float(), self._scale(), dims)
 
 
 def _mlp_trunk(d_in: int, hidden: list[int], published: bool) -> nn.Sequential:
@@ -193,26 +211,40 @@ class VectorModality(_FixedScaleLikelihood, Modality):
 
     def __init__(self, latent_dim: int = 64, sigma_floor: float | None = None, llik_scale: float = 1.0, *,
                  shape, name: str = "vector", hidden=None, likelihood: str = "laplace", scale: float | None = None,
-                 channels=None):
+                 channels=None, output: str = "linear", mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__(latent_dim, sigma_floor)
         self._init_likelihood(likelihood, llik_scale if scale is None else scale)
-        self.name = name
+        check_choice("vector output", output, VECTOR_OUTPUTS)
+        self.name, self.output = name, output
         shape = tuple(int(s) for s in shape)
         if len(shape) != 1 or shape[0] < 1:
             raise MemeError(f"vector rows of shape {shape} are not supported; nearest supported: "
                             f"({math.prod(shape)},) (flatten each row)")
         self.event_shape = shape
+        if output == "standardized":  # the training table's statistics; a checkpoint restores its own
+            self.register_buffer("x_mean", torch.zeros(shape) if mean is None else torch.as_tensor(mean).float().reshape(shape))
+            self.register_buffer("x_std", torch.ones(shape) if std is None else torch.as_tensor(std).float().reshape(shape))
         hid = _hidden(hidden, [512, 512] if self.published else [400])
         self.enc_hidden = _mlp_trunk(shape[0], hid, self.published)
         self.enc_mu, self.enc_sigma = nn.Linear(hid[-1], latent_dim), nn.Linear(hid[-1], latent_dim)
         self.dec = _mlp_decoder(latent_dim, hid[::-1], shape[0])
+        if output == "sigmoid":
+            self.dec.append(nn.Sigmoid())
+
+    def _scale(self):
+        return self.llik_scale * self.x_std if self.output == "standardized" else self.llik_scale
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.output == "standardized":
+            x = (x - self.x_mean.to(x.dtype)) / self.x_std.to(x.dtype)
         h = self.enc_hidden(x)
         return self.enc_mu(h), self.enc_sigma(h)
 
     def _decode(self, z: Tensor) -> Tensor:
-        return self.dec(z)
+        out = self.dec(z)
+        if self.output == "standardized":
+            out = self.x_mean.to(out.dtype) + self.x_std.to(out.dtype) * out
+        return out
 
 
 class PublishedVectorModality(VectorModality):
