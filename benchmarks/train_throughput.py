@@ -7,7 +7,7 @@ Measured side by side in one run, for each network family (``--nets``, both by d
 networks (latent 64), batch 128, K = 10:
 
 * every registered model: a paired step and an unpaired step (pairs/s = batch / step time), through the
-  project's trainer (``Trainer.step_fn``: autocast per ``--precision``, channels-last SVHN nets, on the
+  project's trainer (``Trainer.step``: autocast per ``--precision``, channels-last SVHN nets, on the
   CPU the SVHN decoder run on cache-sized chunks of latents);
 * for MEME, the same steps computed by ``meme.models.reference.reference_meme_loss`` (fp32, each term as
   written: encoders per direction, one decoder call per sample) and the ratio fast / reference;
@@ -57,7 +57,7 @@ def train_a_few_steps(steps: int = 6) -> None:
     data = full_size_tables()
     tr = Trainer(TrainConfig(device="cpu", supervision=0.5), train_data=data, test_data=data)
     for _, batch in zip(range(steps), tr.loader.epoch(1)):
-        tr.step_fn(batch)
+        tr.step(batch)
 
 
 def training_process_peak_mib() -> float:
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
         pairs = [torch.randint(0, len(data), (B,), generator=g) for _ in range(4)]
         paired = [gather(data, p, (True, True), tr.device) for p in pairs]
         unpaired = [gather(data, p, obs, tr.device) for p in pairs for obs in ((True, False), (False, True))]
-        t_pair = time_steps(tr.step_fn, paired, args.steps)
-        t_unp = time_steps(tr.step_fn, unpaired, args.steps) if tr.model.learns_from_unpaired else float("nan")
+        t_pair = time_steps(tr.step, paired, args.steps)
+        t_unp = time_steps(tr.step, unpaired, args.steps) if tr.model.learns_from_unpaired else float("nan")
         rows.append((nets, name, tr.precision, B / t_pair, B / t_unp))
         unp = f"{B / t_unp:8.1f} examples/s" if tr.model.learns_from_unpaired else "     n/a (paired data only)"
         print(f"{nets:10s} {name:8s} trainer ({tr.precision}): paired {B / t_pair:8.1f} pairs/s   unpaired {unp}", flush=True)

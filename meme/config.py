@@ -154,8 +154,10 @@ class TrainConfig(FlatConfig):
     seed: int = key(0, 'seeds the initial weights, the batch order and the sampling')
     # execution
     device: str = key("auto", 'auto | cpu | cuda | cuda:N')
-    precision: str = key("auto", 'auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32')
-    compile: bool = key(False, 'torch.compile the loss (the networks and the objective in one graph)')
+    precision: str = key("auto", 'auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32 (CUDA too: '
+                         'faster there at these sizes, measured)')
+    compile: bool = key(False, 'torch.compile the loss (the networks and the objective in one graph); on CUDA with CUDA '
+                        'graphs and a fused Adam (3.6x the eager step on an H200)')
     num_threads: int = key(0, "0 = torch's default")
     checkpoint_every: int = key(1, 'epochs between checkpoints (the last epoch is always saved)')
     eval_every: int = key(0, 'evaluate every N epochs and always after the last (0 = after the last only)')

@@ -30,7 +30,9 @@ def kl_normal(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tenso
 
 def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: int) -> Tensor:
     """log Laplace(x; loc, scale) summed over the trailing ``event_dims`` dimensions."""
-    scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+    # a number stays a 0-dim tensor on the host: kernels on any device read it as a scalar argument, while
+    # making it on loc's device would copy it there at every call (a host sync per likelihood on a GPU)
+    scale = scale.to(loc.dtype) if isinstance(scale, Tensor) else torch.tensor(scale, dtype=loc.dtype)
     lp = -(x - loc).abs() / scale - torch.log(2.0 * scale)
     return _flat_sum(lp, event_dims)
 

@@ -72,7 +72,32 @@ def test_trainer_trains_and_evaluates_on_the_gpu(synth_dir, precision, compile):
     assert 0.0 <= metrics["latent_acc_mnist"] <= 1.0 and metrics["w2_paired_mean"] >= 0
 
 
-def test_auto_precision_on_the_gpu_is_bf16():
+def test_auto_precision_on_the_gpu_is_fp32():
     from meme.train import resolve_precision
 
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+
+
+@pytest.mark.parametrize("model", ["meme", "mvae", "mmvae", "mopoe", "mmjsd"])
+def test_a_training_step_never_waits_for_the_gpu(synth_dir, model):
+    """No host sync inside a step (the loader's indices, the batch gather, the loss, the optimiser): CUDA's sync
+    debug mode raises at the first synchronising call. A Laplace scale made on the GPU at every likelihood
+    call was one (2 to 3 per step, measured by benchmarks/gpu_check.py)."""
+    from meme.train import Trainer
+
+    cfg = TrainConfig(data_dir=str(synth_dir), download=False, device="cuda", model=model, max_train_pairs=256,
+                      latent_dim=8, K=3, n_pseudo=8, batch_size=64, epochs=1, supervision=0.5)
+    tr = Trainer(cfg)
+    plan = tr.loader.plan(1)
+    assert all(pairs.device.type == "cuda" for pairs, _ in plan)       # the epoch's indices are on the GPU
+    from meme.data.batch import gather
+
+    batches = [gather(tr.train_data, pairs, observed, tr.device) for pairs, observed in plan]
+    tr.step(batches[0])                                                # lazy initialisation may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for b in batches:
+            tr.step(b)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

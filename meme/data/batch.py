@@ -51,7 +51,11 @@ class BatchLoader:
             for start in range(0, perm.numel(), self.batch_size):
                 chunks.append((perm[start:start + self.batch_size], observed))
         order = torch.randperm(len(chunks), generator=g).tolist()
-        return [chunks[i] for i in order]
+        chunks = [chunks[i] for i in order]
+        if self.device.type != "cpu" and chunks:  # the epoch's indices go to the device in one copy, not one per step
+            flat = torch.cat([pairs for pairs, _ in chunks]).to(self.device)
+            chunks = list(zip(flat.split([pairs.numel() for pairs, _ in chunks]), (o for _, o in chunks)))
+        return chunks
 
     def __len__(self) -> int:
         return len(self.plan(0))

@@ -61,10 +61,10 @@ def reference_meme_loss(model: MEME, batch: Batch) -> torch.Tensor:
         total = 0.0
         for a, b in model._directions():
             B = batch.x[a].shape[0]
-            eps = torch.randn(model.K + 1, B, model.latent_dim)
+            eps = torch.randn(model.K + 1, B, model.latent_dim, device=batch.x[a].device)
             total = total + reference_direction(model, batch.x, a, b, eps)
     else:
         a = 0 if batch.observed[0] else 1
-        eps = torch.randn(batch.x[a].shape[0], model.latent_dim)
+        eps = torch.randn(batch.x[a].shape[0], model.latent_dim, device=batch.x[a].device)
         total = reference_unpaired(model, batch.x[a], a, eps)
     return -total.mean()
