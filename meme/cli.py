@@ -6,9 +6,11 @@ mistakes print one line, ``meme: error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+from pathlib import Path
 
 from meme.errors import MemeError
 from meme.paths import check_dir_target
@@ -52,6 +54,8 @@ def cmd_data(args) -> int:
             raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to {args.what}")
         if n is not None and n < 10:
             raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
+    if args.force and args.what not in ("svhn-standin", "synthetic"):
+        raise MemeError(f"--force applies to svhn-standin and synthetic, not to {args.what}")
     if (args.out is not None) != (args.what == "mnist-views"):
         raise MemeError("--out goes with mnist-views (where to write its tables), and only with it")
     if args.what == "download":
@@ -62,7 +66,7 @@ def cmd_data(args) -> int:
             print(f"SVHN {split}: {x.shape[0]} images in {root / 'SVHN'}")
     elif args.what == "svhn-standin":
         sizes = {"train": args.n_train or SVHN_SIZES["train"], "test": args.n_test or SVHN_SIZES["test"]}
-        for p in write_svhn_standin(root, sizes, seed=args.seed):
+        for p in write_svhn_standin(root, sizes, seed=args.seed, force=args.force):
             print(f"wrote {p} (synthetic SVHN-format stand-in)")
     elif args.what == "mnist-views":
         from meme.data.views import write_mnist_views
@@ -70,7 +74,8 @@ def cmd_data(args) -> int:
         for p in write_mnist_views(root, check_dir_target(args.out, "--out"), download=not args.no_download):
             print(f"wrote {p}")
     elif args.what == "synthetic":
-        write_synthetic_mnist_svhn(root, n_train=args.n_train or 600, n_test=args.n_test or 200, seed=args.seed)
+        write_synthetic_mnist_svhn(root, n_train=args.n_train or 600, n_test=args.n_test or 200, seed=args.seed,
+                                   force=args.force)
         print(f"wrote a synthetic MNIST-format + SVHN-format dataset into {root}")
     return 0
 
@@ -108,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, default=None, help="generated test examples, at least 10 "
                    "(default: 200 for synthetic, SVHN's 26,032 for svhn-standin)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true", help="svhn-standin and synthetic: replace files in the data dir that "
+                   "they did not write (by default those are refused, and nothing is written)")
     d.set_defaults(func=cmd_data)
 
     from meme.features.cli import add_features_parser
@@ -131,9 +138,27 @@ def main(argv=None) -> int:
     except MemeError as e:
         print(f"meme: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        kept = _checkpoint_note(args)
+        print(f"meme: error: disk full writing {e.filename or 'the output'}{kept}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("meme: interrupted; the last checkpoint is kept and the run resumes from it", file=sys.stderr)
+        note = _checkpoint_note(args) or "; no checkpoint was written yet"
+        print(f"meme: interrupted{note}", file=sys.stderr)
         return 130
+
+
+def _checkpoint_note(args) -> str:
+    """Where a run stopped early can resume from: its checkpoint, if one was written."""
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) != "train" or not out:
+        return ""
+    from meme.checkpoint import CHECKPOINT
+
+    ckpt = Path(out) / CHECKPOINT
+    return f"; the last checkpoint ({ckpt}) is kept and the run resumes from it" if ckpt.exists() else ""
 
 
 if __name__ == "__main__":

@@ -170,7 +170,10 @@ class TrainConfig(FlatConfig):
 
         check_supervision(self.supervision)
         _positive(self, "pairings", "K", "n_pseudo", "batch_size", "epochs", "checkpoint_every")
-        _non_negative(self, "max_train_pairs", "max_test_pairs", "num_threads", "eval_every", "lam", "latent_dim")
+        if self.batch_size < 2:
+            raise MemeError(f"batch_size={self.batch_size} must be at least 2 (BatchNorm cannot train on one example)")
+        _non_negative(self, "max_train_pairs", "max_test_pairs", "num_threads", "eval_every", "lam", "latent_dim", "seed",
+                      "data_seed")
         if not self.lr > 0:
             raise MemeError(f"lr={self.lr} must be > 0 (the paper uses 5e-4)")
         for b in ("beta1", "beta2"):

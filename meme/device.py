@@ -1,6 +1,8 @@
 """Where and in what precision a run computes: the device a config names, and bf16 where it is native."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from meme.errors import MemeError
@@ -38,3 +40,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
+
+
+def memory_bytes(device: torch.device) -> int:
+    """The memory a run on ``device`` can have at most: the GPU's, or this machine's RAM."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_fits(nbytes: float, what: str, device: torch.device) -> None:
+    """A one-line ``MemeError`` up front where ``what`` needs more memory than ``device`` has at all."""
+    total = memory_bytes(device)
+    if nbytes > total:
+        raise MemeError(f"{what} needs about {nbytes / 2**30:,.0f} GiB, more than the {total / 2**30:,.0f} GiB "
+                        f"of {device.type}; give a smaller value")

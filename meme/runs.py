@@ -6,6 +6,7 @@ weights (``meme eval``, the orchestrator), so a run is put together in one place
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 
 from meme.checkpoint import check_checkpoint, load_checkpoint, stored_config
 from meme.config import TrainConfig
-from meme.data import PairedData, get_dataset, make_observation
+from meme.data import PairedData, get_dataset, latent_size, make_observation
+from meme.device import check_fits, resolve_device
 from meme.data.observation import Observation
 from meme.errors import MemeError
 from meme.models import build_model
@@ -39,16 +41,55 @@ def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool
         data = data.sample(cfg.max_train_pairs, cfg.data_seed)
     if len(data) == 0:
         raise MemeError(f"dataset {cfg.dataset!r} has no training pairs in {cfg.data_dir or 'the data dir'}")
+    if len(data) < 2:
+        raise MemeError(f"dataset {cfg.dataset!r} has {len(data)} training example{'' if cfg.max_train_pairs else ' in its table'}"
+                        f"{f' (max_train_pairs={cfg.max_train_pairs})' if cfg.max_train_pairs else ''}; training needs at "
+                        f"least 2 (BatchNorm and the relatedness compare examples)")
     observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, cfg.paired_only,
                                    cfg.data_seed)
+    check_sizes(cfg, data, observation)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec.build_modalities(cfg, data), data, observation)
+    modalities = spec.build_modalities(cfg, data)
+    check_batch_memory(cfg, modalities)
+    model = build_model(cfg, modalities, data, observation)
     if not model.learns_from_unpaired and (observation.s_only.numel() or observation.t_only.numel()):
         if warn:
             log.warning("%s cannot learn from unpaired examples: training on the %d paired examples only",
                         cfg.model, observation.paired.numel())
         observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, True, cfg.data_seed)
     return Run(cfg, data, observation, model)
+
+
+BYTES_PER_PARAMETER = 16   # fp32 weight, its gradient and Adam's two moments
+
+
+def check_sizes(cfg: TrainConfig, data: PairedData, observation: Observation) -> None:
+    """Sizes that cannot fit, refused before anything is built: the latent layers, the classes of the labels, and
+    more pseudo-samples than rows to start them from."""
+    device = resolve_device(cfg.device)
+    latent = latent_size(cfg)
+    # each modality's heads and first decoder layer are latent x hidden (512) matrices: three per modality
+    check_fits(latent * 512 * 3 * 2 * BYTES_PER_PARAMETER, f"latent_dim={latent} (its layers)", device)
+    if len(data.labels) and int(data.labels.max()) >= 0:
+        top = int(data.labels.max())
+        check_fits((top + 1) * 256 * BYTES_PER_PARAMETER, f"labels up to {top} ({top + 1} classes, for the judging "
+                   f"classifiers' output layers)", device)
+    if cfg.model == "meme":
+        for m, rows in enumerate((observation.paired.numel() + observation.s_only.numel(),
+                                  observation.paired.numel() + observation.t_only.numel())):
+            if cfg.n_pseudo > max(rows, 100):
+                raise MemeError(f"n_pseudo={cfg.n_pseudo} is more than the {rows} training rows that observe "
+                                f"{data.names[m]!r}, which the pseudo-samples start from; give at most {max(rows, 100)}")
+
+
+def check_batch_memory(cfg: TrainConfig, modalities) -> None:
+    """MEME decodes (K + 2) x batch_size latents per modality and step: refused up front where that cannot fit."""
+    if cfg.model != "meme":
+        return
+    values = sum(math.prod(m.event_shape) for m in modalities)
+    # the decoded parameters and, for the backward pass, about as many activations again, in fp32
+    check_fits((cfg.K + 2) * cfg.batch_size * values * 4 * 2, f"K={cfg.K} at batch_size={cfg.batch_size} "
+               f"(per batch)", resolve_device(cfg.device))
 
 
 def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):

@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
@@ -64,7 +67,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
         if self.device.type == "cuda":  # keep the uint8 tables on the GPU; batches are sliced there
             self.train_data = self.train_data.to(self.device)
-        self.loader = BatchLoader(self.train_data, self.observation, cfg.batch_size, self.device, cfg.seed)
+        batchnorm = tuple(any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in mod.modules())
+                          for mod in self.model.mods)
+        self.loader = BatchLoader(self.train_data, self.observation, cfg.batch_size, self.device, cfg.seed, batchnorm)
         self.loss_fn = self._loss_fn()
         self.epoch = 0
 
@@ -151,12 +156,16 @@ class Trainer:
         """Whether the epoch just run is checkpointed: every ``checkpoint_every`` epochs, and always the last one."""
         return self.epoch == self.cfg.epochs or self.epoch % self.cfg.checkpoint_every == 0
 
-    def epochs(self, evaluate: Callable[[bool], dict] | None = None, progress: bool = False) -> Iterator[dict]:
+    def epochs(self, evaluate: Callable[[bool], dict] | None = None, progress: bool = False,
+               checkpoint: Callable[[], None] | None = None) -> Iterator[dict]:
         """The training loop, for every caller (``train`` here, the orchestrator's trials): run the epochs left
         up to ``cfg.epochs`` and yield each one's metrics, with ``evaluate(final)``'s merged in where
-        ``eval_due``. The caller checkpoints (``save_due``) and logs what it is given."""
+        ``eval_due``. ``checkpoint()``, where given, runs where ``save_due``, before the evaluation, so that an
+        evaluation that fails (a full disk) loses no training; otherwise the caller checkpoints what it is given."""
         while self.epoch < self.cfg.epochs:
             metrics = self.run_epoch(progress=progress)
+            if checkpoint is not None and self.save_due():
+                checkpoint()
             if evaluate is not None and self.eval_due():
                 metrics.update(evaluate(self.epoch == self.cfg.epochs))
             yield metrics
@@ -235,9 +244,47 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
     """Train ``cfg``; yield each epoch's metrics (the evaluations' as ``eval_<name>``, with ``eval_cfg``: an
     ``EvalConfig``, default ``Trainer.evaluate``'s). With ``out_dir``: config, checkpoints, metrics.jsonl there."""
     out = Path(out_dir) if out_dir else None
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg)   # the data and the model first: a bad input leaves no run folder behind
+    with RunLock(out):
+        yield from _train(trainer, out, resume, progress, eval_cfg)
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``<out>/.lock``, ``filelock``; released when the process ends, however it
+    ends): a second run into a folder that one is writing is refused in one line naming the holder's PID."""
+
+    def __init__(self, out: Path | None):
+        self.out, self.lock = out, None
+
+    def __enter__(self):
+        if self.out is None:
+            return self
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MemeError(f"cannot create the run folder {self.out} ({e.strerror}); give an --out you can write to") from None
+        self.lock = FileLock(self.out / ".lock")
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                pid = (self.out / ".lock.pid").read_text().strip()
+            except OSError:
+                pid = "unknown"
+            raise MemeError(f"{self.out} is in use by another run (PID {pid}); wait for it to finish or give another --out") from None
+        (self.out / ".lock.pid").write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            (self.out / ".lock.pid").unlink(missing_ok=True)
+            self.lock.release()
+        return False
+
+
+def _train(trainer: Trainer, out: Path | None, resume: bool, progress: bool, eval_cfg) -> Iterator[dict]:
+    cfg = trainer.cfg
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         ckpt = out / CHECKPOINT
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt)
@@ -257,14 +304,27 @@ def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = 
         (out / "metadata.json").write_text(json.dumps(trainer.metadata(), indent=2) + "\n")
 
     def evaluate(final: bool) -> dict:
-        evals, _ = trainer.evaluate(eval_cfg, out_dir=out / "eval" if (out is not None and final) else None,
-                                    figures=final)
+        if out is None or not final:
+            evals, _ = trainer.evaluate(eval_cfg, figures=final)
+        else:  # written into a fresh folder, then moved in whole: eval/ never mixes two evaluations
+            tmp = out / f".eval.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                evals, _ = trainer.evaluate(eval_cfg, out_dir=tmp, figures=True)
+                old = out / f".eval.old-{os.getpid()}"
+                if (out / "eval").exists():
+                    (out / "eval").rename(old)
+                tmp.rename(out / "eval")
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return {f"eval_{k}": v for k, v in evals.items()}
 
-    for metrics in trainer.epochs(evaluate, progress=progress):
+    def checkpoint() -> None:
+        trainer.save(out / CHECKPOINT)
+
+    for metrics in trainer.epochs(evaluate, progress=progress, checkpoint=checkpoint if out is not None else None):
         if out is not None:
-            if trainer.save_due():
-                trainer.save(out / CHECKPOINT)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         log.info("epoch %d: %s", trainer.epoch, {k: round(v, 4) for k, v in metrics.items()})

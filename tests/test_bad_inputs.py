@@ -177,3 +177,189 @@ def test_bad_python_api_input(tmp_path, i):
 
 def test_enough_cases():
     assert len(CLI_CASES) + len(API_IDS) >= 40
+
+
+# ------------------------------------------------------- data that must not be lost or overwritten
+def _md5s(root):
+    import hashlib
+
+    return {p: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys, code):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    line = err.splitlines()[-1]
+    assert line.startswith("meme: error: "), err
+    return line
+
+
+def test_generators_never_write_over_files_they_did_not_make(tmp_path, capsys):
+    d = tmp_path / "data"
+    (d / "SVHN").mkdir(parents=True)
+    (d / "SVHN" / "train_32x32.mat").write_bytes(b"the user's real SVHN")
+    (d / "SVHN" / "test_32x32.mat").write_bytes(b"the user's real SVHN test")
+    before = _md5s(d)
+    for what in ("svhn-standin", "synthetic"):
+        line = _one_error_line(capsys, meme_cli.main(["data", what, "--data-dir", str(d), "--n-train", "20", "--n-test", "20"]))
+        assert f"train_32x32.mat exists and was not written by `meme data {what}`" in line and "--force" in line, line
+        assert _md5s(d) == before
+    # --force replaces them; what a generator wrote, it may write again without --force
+    assert meme_cli.main(["data", "svhn-standin", "--data-dir", str(d), "--n-train", "20", "--n-test", "20", "--force"]) == 0
+    after = _md5s(d)
+    assert after[d / "SVHN" / "train_32x32.mat"] != before[d / "SVHN" / "train_32x32.mat"]
+    assert meme_cli.main(["data", "svhn-standin", "--data-dir", str(d), "--n-train", "20", "--n-test", "20"]) == 0
+    capsys.readouterr()
+    # a real MNIST beside a generated SVHN: synthetic refuses, naming the MNIST file, and writes nothing
+    raw = d / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"real MNIST")
+    before = _md5s(d)
+    line = _one_error_line(capsys, meme_cli.main(["data", "synthetic", "--data-dir", str(d)]))
+    assert "train-images-idx3-ubyte exists and was not written by `meme data synthetic`" in line, line
+    assert _md5s(d) == before
+    line = _one_error_line(capsys, meme_cli.main(["data", "download", "--data-dir", str(d), "--force"]))
+    assert "--force applies to svhn-standin and synthetic" in line
+
+
+def test_eval_into_the_run_folder_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    (run / "metrics.json").write_text('{"loss": 1.0}\n')
+    before = _md5s(run)
+    line = _one_error_line(capsys, meme_cli.main(["eval", "--checkpoint", str(run), "--out", str(run)]))
+    assert f"--out {run} is a training run's folder" in line and "metrics.json would be overwritten" in line
+    assert _md5s(run) == before
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys, synth_dir):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with FileLock(out / ".lock"):
+        (out / ".lock.pid").write_text("4242\n")
+        before = _md5s(out)
+        line = _one_error_line(capsys, meme_cli.main(["train", "--out", str(out), "--data-dir", str(synth_dir),
+                                                      "--no-download", "--epochs", "1", "--max-train-pairs", "64"]))
+        assert f"{out} is in use by another run (PID 4242)" in line, line
+        assert _md5s(out) == before
+
+
+def test_a_full_disk_during_the_evaluation_keeps_the_epoch_and_leaves_no_half_evaluation(tmp_path, capsys, synth_dir,
+                                                                                         monkeypatch):
+    import errno
+
+    from meme.train import Trainer
+
+    out = tmp_path / "run"
+
+    def full_disk(self, eval_cfg=None, classifiers=None, out_dir=None, figures=False):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "half.png").write_bytes(b"\x89PNG trunc")
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "latents.png"))
+
+    monkeypatch.setattr(Trainer, "evaluate", full_disk)
+    argv = ["train", "--out", str(out), "--data-dir", str(synth_dir), "--no-download", "--epochs", "1",
+            "--max-train-pairs", "64", "--batch-size", "32", "--K", "2", "--n-pseudo", "4", "--latent-dim", "4"]
+    line = _one_error_line(capsys, meme_cli.main(argv))
+    assert "disk full writing" in line and "latents.png" in line and "the last checkpoint" in line, line
+    import torch
+
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1     # the epoch's training is kept
+    assert not (out / "eval").exists() and not list(out.glob(".eval*"))          # no half-written evaluation
+    assert not (out / ".lock.pid").exists()                                       # the lock is released
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_table_with_nan_or_inf_is_refused_when_loaded(tmp_path, capsys, bad):
+    from meme.data.paired import write_array_table
+
+    x = np.random.default_rng(0).random((40, 6)).astype(np.float32)
+    x[17, 3] = bad
+    write_array_table(tmp_path / "a_train.parquet", x, np.arange(40) % 4)
+    write_array_table(tmp_path / "a_test.parquet", x[:10], np.arange(10) % 4)
+    np.save(tmp_path / "b_train.npy", np.zeros((40, 3), np.float32))
+    np.save(tmp_path / "b_test.npy", np.zeros((10, 3), np.float32))
+    (tmp_path / "data.yaml").write_text("labels: label\nmodalities:\n  - {name: a, train: a_train.parquet, test: a_test.parquet}\n"
+                                        "  - {name: b, train: b_train.npy, test: b_test.npy}\n")
+    before = _md5s(tmp_path)
+    line = _one_error_line(capsys, meme_cli.main(["train", "--dataset", str(tmp_path / "data.yaml"), "--out",
+                                                  str(tmp_path / "run"), "--epochs", "1"]))
+    assert f"a_train.parquet: column 'x': row 17 holds {bad}; values must be finite" in line, line
+    assert _md5s(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_judging_classifier_at_chance_is_not_cached_and_is_reported(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from meme.data.dataset_file import read_dataset_file
+    from meme.eval.table_classifiers import at_chance, table_classifiers
+
+    labels = torch.tensor([0, 0, 0, 1])   # the most frequent class is 3/4 of the rows
+    assert at_chance(0.76, labels, 2) and at_chance(0.5, labels, 2) and not at_chance(0.80, labels, 2)
+    assert at_chance(0.11, torch.arange(10), 10) and not at_chance(0.13, torch.arange(10), 10)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 400), ("test", 200)):   # labels unrelated to the rows: nothing to learn
+        np.savez(tmp_path / f"{split}.npz", x=rng.random((n, 5)).astype(np.float32), y=rng.random((n, 5)).astype(np.float32),
+                 label=rng.integers(0, 4, n))
+    (tmp_path / "data.yaml").write_text("labels: label\nmodalities:\n  - {name: a, train: train.npz, test: test.npz, column: x}\n"
+                                        "  - {name: b, train: train.npz, test: test.npz, column: y}\n")
+    cache = tmp_path / "cache"
+    out = table_classifiers(read_dataset_file(tmp_path / "data.yaml"), directory=cache)
+    assert set(out) == {"a", "b"} and all(rec.get("warning") for _, rec in out.values())
+    assert not cache.exists() or not list(cache.iterdir())                      # nothing cached
+    assert "at chance" in caplog.text
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--latent-dim", "1000000000"], ["latent_dim=1000000000 (its layers) needs about", "GiB"]),
+    (["--K", "1000000000"], ["K=1000000000 at batch_size=128 (per batch) needs about", "GiB"]),
+    (["--n-pseudo", "100000", "--max-train-pairs", "256", "--supervision", "1"],
+     ["n_pseudo=100000 is more than the 256 training rows that observe 'mnist'", "at most 256"]),
+    (["--max-train-pairs", "1"], ["has 1 training example (max_train_pairs=1)", "at least 2"]),
+    (["--batch-size", "1"], ["batch_size=1 must be at least 2"]),
+    (["--seed", "-1"], ["seed=-1 must be >= 0"]),
+], ids=["latent", "K", "n_pseudo", "one-pair", "batch-1", "seed"])
+def test_sizes_that_cannot_work_are_refused_before_training(synth_dir, tmp_path, capsys, extra, words):
+    before = _md5s(synth_dir)
+    line = _one_error_line(capsys, meme_cli.main(["train", "--out", str(tmp_path / "run"), "--data-dir", str(synth_dir),
+                                                  "--no-download", "--epochs", "1", *extra]))
+    for w in words:
+        assert w in line, line
+    assert not (tmp_path / "run").exists() and _md5s(synth_dir) == before
+
+
+@pytest.mark.parametrize("what", ["label", "token"])
+def test_a_label_or_token_id_too_large_to_fit_is_refused_when_loaded(tmp_path, capsys, what):
+    rows = np.zeros((20, 4), np.float32)
+    labels = np.arange(20) % 3
+    tokens = np.ones((20, 5), np.int64)
+    if what == "label":
+        labels[7] = 10**12
+    else:
+        tokens[7, 2] = 2**40
+    for split in ("train", "test"):
+        np.savez(tmp_path / f"{split}.npz", x=rows, t=tokens, label=labels)
+    (tmp_path / "data.yaml").write_text("labels: label\nmodalities:\n  - {name: a, train: train.npz, test: test.npz}\n"
+                                        "  - {name: b, train: train.npz, test: test.npz, column: t}\n")
+    before = _md5s(tmp_path)
+    line = _one_error_line(capsys, meme_cli.main(["train", "--dataset", str(tmp_path / "data.yaml"), "--out",
+                                                  str(tmp_path / "run"), "--epochs", "1"]))
+    assert (f"label {10**12}" if what == "label" else f"token id {2**40}") in line and "needs about" in line, line
+    assert _md5s(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_last_batch_of_one_is_left_out_only_where_batchnorm_would_see_it():
+    from meme.data import PairedData
+    from meme.data.batch import BatchLoader
+    from meme.data.observation import make_observation
+
+    data = PairedData.from_arrays("a", np.zeros((9, 2), np.float32), "b", np.zeros((9, 2), np.float32))
+    obs = make_observation(9, 1.0, "split", data.names, False, 0)
+    sizes = lambda bn: sorted(len(p) for p, _ in BatchLoader(data, obs, 4, seed=0, batchnorm=bn).plan(1))  # noqa: E731
+    assert sizes((False, False)) == [1, 4, 4]        # no BatchNorm: the epoch as before
+    assert sizes((False, True)) == [4, 4]            # a batch of one would reach BatchNorm: left out

@@ -1,6 +1,7 @@
 """Batches (``meme.batch.Batch``) sliced from in-memory tables, and the loader that plans an epoch of them."""
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import torch
@@ -10,6 +11,8 @@ from meme.batch import Batch
 from meme.data.observation import Observation
 from meme.data.paired import PairedData
 from meme.nets.base import as_float
+
+log = logging.getLogger(__name__)
 
 
 def gather(data: PairedData, pairs: Tensor, observed: tuple[bool, bool], device) -> Batch:
@@ -30,12 +33,17 @@ class BatchLoader:
     The order of an epoch depends only on ``(seed, epoch)``, so a resumed run replays it exactly.
     """
 
-    def __init__(self, data: PairedData, observation: Observation, batch_size: int, device="cpu", seed: int = 0):
+    def __init__(self, data: PairedData, observation: Observation, batch_size: int, device="cpu", seed: int = 0,
+                 batchnorm: tuple[bool, ...] = ()):
         self.data = data
         self.observation = observation
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.seed = seed
+        #: per modality, whether its networks hold BatchNorm, which cannot train on a batch of one example: a last
+        #: batch of one that observes such a modality is left out of the epoch (said once, in the log)
+        self.batchnorm = batchnorm
+        self._said = False
 
     def _groups(self):
         obs = self.observation
@@ -49,7 +57,13 @@ class BatchLoader:
                 continue
             perm = idx[torch.randperm(idx.numel(), generator=g)]
             for start in range(0, perm.numel(), self.batch_size):
-                chunks.append((perm[start:start + self.batch_size], observed))
+                chunk = perm[start:start + self.batch_size]
+                if chunk.numel() == 1 and any(o and bn for o, bn in zip(observed, self.batchnorm)):
+                    if not self._said:
+                        log.info("a last batch of one example is left out of each epoch (BatchNorm needs two)")
+                        self._said = True
+                    continue
+                chunks.append((chunk, observed))
         order = torch.randperm(len(chunks), generator=g).tolist()
         chunks = [chunks[i] for i in order]
         if self.device.type != "cpu" and chunks:  # the epoch's indices go to the device in one copy, not one per step

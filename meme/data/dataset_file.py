@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from meme.data.paired import PairedData, class_ids, read_array_table
+from meme.device import check_fits
 from meme.errors import MemeError
 from meme.nets.shaped import KINDS, LIKELIHOODS, check_image_shape
 from meme.yamlio import load_yaml
@@ -312,6 +313,13 @@ def _check_rows(entry: ModalityEntry, split: str, x: np.ndarray, kind: str | Non
     where = _where(entry.table(split), entry.column)
     if x.ndim == 0 or x.dtype.kind not in "biuf":
         raise MemeError(f"{where}: holds {x.dtype} values; it must be numeric")
+    if x.dtype.kind == "f" and x.size:
+        flat = x.reshape(len(x), -1)
+        finite = np.isfinite(flat)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite.all(axis=1))[0])
+            raise MemeError(f"{where}: row {row} holds {flat[row][~finite[row]][0]}; values must be finite "
+                            f"(NaN and Inf are refused: remove or impute them)")
     kind = kind or _infer_kind(x)
     if kind is None:
         rank = x.ndim - 1
@@ -395,6 +403,10 @@ def load_tables(ds: DatasetFile):
             raise MemeError(f"{ea} and {eb} disagree on labels column {ds.labels!r} at row {bad}: "
                             f"{int(la[bad])} vs {int(lb[bad])}; paired rows must carry the same label")
         lab = la if la is not None else lb
+        if lab is not None and len(lab):
+            top = int(lab.max())
+            check_fits((top + 1) * 256 * 16, f"{ea if la is not None else eb}: column {ds.labels!r}: label {top} "
+                       f"({top + 1:,} classes, for the judging classifiers' output layers)", torch.device("cpu"))
         if ds.labels and lab is None:
             raise MemeError(f"{ds.path}: labels: column {ds.labels!r} is in neither {ea.name} nor {eb.name}")
         if lab is not None and len(lab) and int(lab.min()) < 0:
@@ -411,6 +423,9 @@ def load_tables(ds: DatasetFile):
 def _check_tokens(entry: ModalityEntry, train: np.ndarray, test: np.ndarray) -> int:
     top = max(int(train.max()) if train.size else 0, int(test.max()) if test.size else 0)
     vocab = entry.vocab or top + 1
+    # an embedding and an output layer of vocab x 128 each, with gradients and Adam's moments
+    check_fits(vocab * 256 * 16, f"{_where(entry.train, entry.column)}: token id {top} (a vocabulary of {vocab:,})",
+               torch.device("cpu"))
     for split, x in (("train", train), ("test", test)):
         bad = np.flatnonzero(((x < 0) | (x >= vocab)).any(axis=1)) if x.size else []
         if len(bad):

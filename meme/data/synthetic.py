@@ -13,6 +13,8 @@ reporting results.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import math
 import struct
 from pathlib import Path
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES, resolve_data_dir
+from meme.errors import MemeError
 
 SVHN_SIZES = {"train": 73257, "test": 26032}
 
@@ -130,28 +133,84 @@ def write_svhn_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     scipy.io.savemat(str(path), {"X": np.ascontiguousarray(images.transpose(2, 3, 1, 0)), "y": y.reshape(-1, 1)})
 
 
-def write_svhn_standin(data_dir=None, sizes: dict[str, int] | None = None, seed: int = 0) -> list[Path]:
-    """Generate the SVHN-format stand-in (full SVHN sizes by default) into ``<data_dir>/SVHN``."""
-    root = resolve_data_dir(data_dir) / "SVHN"
+#: in a data dir: the files the generators wrote there, with their sha256 (what they may write over again)
+GENERATED = ".meme-generated.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _generated(root: Path) -> dict:
+    try:
+        return json.loads((root / GENERATED).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _made_here(made: dict, root: Path, path: Path) -> bool:
+    recorded = made.get(str(path.relative_to(root)))
+    return recorded is not None and recorded == _sha256(path)   # hashed only where a generator wrote that file
+
+
+def check_targets(root: Path, paths: list[Path], what: str, force: bool = False) -> None:
+    """A generator writes over no file it did not make: any of ``paths`` that exists and is not, byte for byte,
+    what a generator wrote there (``GENERATED``) is refused, naming it, before anything is written."""
+    if force:
+        return
+    made = _generated(root)
+    foreign = [p for p in paths if p.exists() and not _made_here(made, root, p)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more: {', '.join(p.name for p in foreign[1:])})" if len(foreign) > 1 else ""
+        raise MemeError(f"{foreign[0]} exists and was not written by `meme data {what}`{more}; nothing was written "
+                        f"(give another --data-dir, or --force to replace)")
+
+
+def _record(root: Path, paths: list[Path]) -> None:
+    made = _generated(root)
+    made.update({str(p.relative_to(root)): _sha256(p) for p in paths})
+    (root / GENERATED).write_text(json.dumps(made, indent=1) + "\n")
+
+
+def svhn_standin_files(data_dir) -> list[Path]:
+    root = resolve_data_dir(data_dir)
+    return [root / "SVHN" / SVHN_FILES[s] for s in ("train", "test")]
+
+
+def write_svhn_standin(data_dir=None, sizes: dict[str, int] | None = None, seed: int = 0, force: bool = False) -> list[Path]:
+    """Generate the SVHN-format stand-in (full SVHN sizes by default) into ``<data_dir>/SVHN``; files there that
+    a generator did not write are refused unless ``force`` (``check_targets``)."""
+    base = resolve_data_dir(data_dir)
+    sizes = sizes or SVHN_SIZES
+    check_targets(base, [base / "SVHN" / SVHN_FILES[s] for s in sizes], "svhn-standin", force)
     paths = []
-    for i, (split, n) in enumerate((sizes or SVHN_SIZES).items()):
+    for i, (split, n) in enumerate(sizes.items()):
         g = torch.Generator().manual_seed(seed * 7919 + i)
         labels = _balanced_labels(n, g)
         images = make_svhn_like(labels, seed=seed * 7919 + 100 + i)
-        path = root / SVHN_FILES[split]
+        path = base / "SVHN" / SVHN_FILES[split]
         write_svhn_mat(path, images, labels.numpy())
         paths.append(path)
+    _record(base, paths)
     return paths
 
 
-def write_synthetic_mnist_svhn(data_dir, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
-    """A tiny generated MNIST-format + SVHN-format pair of datasets (tests, the smoke study)."""
+def write_synthetic_mnist_svhn(data_dir, n_train: int = 600, n_test: int = 200, seed: int = 0, force: bool = False) -> Path:
+    """A tiny generated MNIST-format + SVHN-format pair of datasets (tests, the smoke study); files there that a
+    generator did not write are refused unless ``force`` (``check_targets``), all six checked before any is written."""
     root = resolve_data_dir(data_dir)
+    mnist = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
+    check_targets(root, mnist + svhn_standin_files(root), "synthetic", force)
     for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         g = torch.Generator().manual_seed(seed * 104729 + i)
         labels = _balanced_labels(n, g)
         img_file, lab_file = MNIST_FILES[split]
         write_idx(root / "MNIST" / "raw" / img_file, make_mnist_like(labels, seed=seed * 104729 + 10 + i))
         write_idx(root / "MNIST" / "raw" / lab_file, labels.numpy().astype(np.uint8))
-    write_svhn_standin(root, {"train": n_train, "test": n_test}, seed=seed + 1)
+    _record(root, mnist)
+    write_svhn_standin(root, {"train": n_train, "test": n_test}, seed=seed + 1, force=True)
     return root

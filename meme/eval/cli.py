@@ -27,6 +27,11 @@ def cmd_eval(args) -> int:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
     if args.out:
         check_dir_target(args.out, "--out")
+        from meme.checkpoint import CHECKPOINT
+
+        if (Path(args.out) / CHECKPOINT).exists() or (Path(args.out) / "metrics.jsonl").exists():
+            raise MemeError(f"--out {args.out} is a training run's folder: its metrics.json would be overwritten; "
+                            f"give another --out (the default is <run dir>/eval)")
     given = {k: getattr(args, k) for k in EvalConfig.keys() if getattr(args, k, None) is not None}
     ecfg = EvalConfig.from_dict(given)
     model, cfg, train_data, test_data = load_run(args.checkpoint, args.data_dir, args.model)

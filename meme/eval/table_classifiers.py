@@ -121,12 +121,28 @@ def table_classifiers(ds: DatasetFile, progress: bool = False, directory=None,
                       "n_classes": n_classes, "test_accuracy": accuracy(clf, x_te, test.labels),
                       "epochs": epochs, "seed": seed, "n_train": len(train), "n_test": len(test),
                       "train_time_s": round(seconds, 1), "content_hash": key}
-            _save(path, clf, record)
-            log.info("trained the %s classifier of %s: test accuracy %.4f", entry.name, ds.name, record["test_accuracy"])
+            chance = at_chance(record["test_accuracy"], test.labels, n_classes)
+            if chance:   # a judge no better than guessing is never cached, and every run that uses it says so
+                record["warning"] = chance
+            else:
+                _save(path, clf, record)
+                log.info("trained the %s classifier of %s: test accuracy %.4f", entry.name, ds.name, record["test_accuracy"])
             out[entry.name] = (clf.cpu(), record)
     for clf, record in out.values():
         clf.test_accuracy = record["test_accuracy"]  # the run's metrics report it (classifier_acc_<modality>)
+        if record.get("warning"):
+            log.warning("%s", record["warning"])
     return out
+
+
+def at_chance(accuracy: float, labels: Tensor, n_classes: int, margin: float = 0.02) -> str:
+    """A warning (not cached) where a classifier's test accuracy is within ``margin`` of guessing (the larger of
+    1 / classes and the most frequent class's share); '' otherwise."""
+    guess = max(1.0 / n_classes, float(torch.bincount(labels.long(), minlength=n_classes).max()) / max(len(labels), 1))
+    if accuracy > guess + margin:
+        return ""
+    return (f"the judging classifier reaches {accuracy:.4f} test accuracy, at chance ({guess:.4f}): it is not cached and "
+            f"the coherence it judges means nothing; check the table and its labels")
 
 
 def _load(path: Path, res: Resolved, n_classes: int, pad) -> tuple[nn.Module, dict] | None:
