@@ -192,7 +192,9 @@ class TrainConfig(FlatConfig):
         from meme.nets import check_family
 
         if is_dataset_file(self.dataset):  # runs record where the file is, wherever they are resumed from
-            object.__setattr__(self, "dataset", str(Path(self.dataset).expanduser().resolve()))
+            from meme.paths import resolved
+
+            object.__setattr__(self, "dataset", str(resolved(self.dataset, "dataset file")))
         spec = get_dataset(self.dataset)
         names = spec.names
         check_family(self.nets, spec.network_keys or names)

@@ -175,6 +175,8 @@ def load_study(name_or_path, directory=None) -> Study:
         text = path.read_text()
     except OSError as e:
         raise MemeError(f"cannot read study file {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise MemeError(f"cannot read study file {path}: it is not UTF-8 text (a study is a YAML file)") from None
     return parse_study(text, path.stem, str(path))
 
 

@@ -54,8 +54,13 @@ SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY", "CREDENTIAL")
 # ------------------------------------------------------------------ the cluster's address and client
 def check_address(address: str) -> str:
     """The Ray Jobs API address (the dashboard's ``http://HOST:8265``), or a ``MemeError`` saying what is valid."""
-    url = urlparse(address)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:
+        url = urlparse(address)
+        host = url.hostname
+    except ValueError as e:   # e.g. "Invalid IPv6 URL" for an unclosed [
+        raise MemeError(f"--address {address!r} is not a valid URL ({e}); use the dashboard's http://HOST:8265 "
+                        f"(IPv6: http://[::1]:8265)") from None
+    if url.scheme not in ("http", "https") or not host:
         raise MemeError(f"--address {address!r} is not a Ray Jobs API address; use the dashboard's "
                         f"http://HOST:8265 (not the GCS address HOST:6379)")
     return address.rstrip("/")

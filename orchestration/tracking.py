@@ -68,8 +68,38 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+#: database URI schemes MLflow takes, and the driver each needs (module, pip package)
+DB_DRIVERS = {"mysql": ("MySQLdb", "mysqlclient"), "mysql+pymysql": ("pymysql", "pymysql"),
+              "postgresql": ("psycopg2", "psycopg2-binary"), "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+              "mssql": ("pyodbc", "pyodbc"), "mssql+pyodbc": ("pyodbc", "pyodbc")}
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_backend(uri: str) -> None:
+    """One line, before anything is opened, for a tracking URI whose backend cannot work here: a SQLite path that
+    holds another kind of file, or a database whose Python driver is not installed."""
+    import importlib.util
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise MemeError(f"--tracking-uri {uri}: {path} is a folder; give an SQLite database file (new or MLflow's)")
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as f:
+                if f.read(16) != SQLITE_HEADER:
+                    raise MemeError(f"--tracking-uri {uri}: {path} is not an SQLite database; give MLflow's database "
+                                    f"(mlflow.db where the study ran) or a new file")
+    elif scheme in DB_DRIVERS:
+        module, package = DB_DRIVERS[scheme]
+        if importlib.util.find_spec(module) is None:
+            raise MemeError(f"--tracking-uri {uri}: the {scheme} driver is not installed; pip install {package}")
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """A clear error, before any trial starts, when an MLflow server does not answer."""
+    """A clear error, before any trial starts, when an MLflow server does not answer (or a database backend
+    cannot be opened here: ``check_backend``)."""
+    check_backend(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error

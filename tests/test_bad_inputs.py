@@ -363,3 +363,33 @@ def test_a_last_batch_of_one_is_left_out_only_where_batchnorm_would_see_it():
     sizes = lambda bn: sorted(len(p) for p, _ in BatchLoader(data, obs, 4, seed=0, batchnorm=bn).plan(1))  # noqa: E731
     assert sizes((False, False)) == [1, 4, 4]        # no BatchNorm: the epoch as before
     assert sizes((False, True)) == [4, 4]            # a batch of one would reach BatchNorm: left out
+
+
+@pytest.mark.parametrize("prog, argv, words", [
+    ("sweep.py", ["--study", "{d}/binary.yaml", "--dry-run"], ["binary.yaml: it is not UTF-8 text"]),
+    ("meme", ["train", "--dataset", "{d}/loop1.yaml", "--out", "{d}/r"], ["dataset file", "loop1.yaml: its links do not lead"]),
+    ("meme", ["train", "--out", "/proc/meme-out", "--epochs", "1"], ["--out /proc/meme-out: /proc takes no new folders"]),
+    ("meme", ["eval", "--checkpoint", "{d}/r", "--out", "/sys/meme-out"], ["--out /sys/meme-out: /sys takes no new folders"]),
+    ("report.py", ["--study", "smoke", "--tracking-uri", "sqlite:///{d}/notdb.db", "--no-log"],
+     ["notdb.db is not an SQLite database"]),
+    ("report.py", ["--study", "smoke", "--tracking-uri", "mysql://u:p@localhost/db", "--no-log"],
+     ["the mysql driver is not installed; pip install mysqlclient"]),
+    ("submit.py", ["--address", "http://[::1:8265", "--study", "smoke", "--storage", "s3://b/x", "--tracking-uri",
+                   "http://m:5000"], ["--address 'http://[::1:8265' is not a valid URL", "http://[::1]:8265"]),
+], ids=["binary-study", "link-loop", "proc", "sys", "not-a-db", "mysql-driver", "ipv6"])
+def test_unreadable_files_and_unwritable_paths_are_one_line(tmp_path, capsys, prog, argv, words):
+    import os
+
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    os.symlink(tmp_path / "loop2.yaml", tmp_path / "loop1.yaml")
+    os.symlink(tmp_path / "loop1.yaml", tmp_path / "loop2.yaml")
+    (tmp_path / "notdb.db").write_text("not a database\n")
+    before = _md5s(tmp_path)
+    code = MAINS[prog](_sub(argv, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    line = err.splitlines()[-1]
+    assert line.startswith(f"{prog}: error: "), err
+    for w in words:
+        assert w in line, line
+    assert _md5s(tmp_path) == before and not (tmp_path / "r").exists()

@@ -46,6 +46,7 @@ import torch
 from meme.data.paired import PairedData, class_ids, read_array_table
 from meme.device import check_fits
 from meme.errors import MemeError
+from meme.paths import resolved
 from meme.nets.shaped import KINDS, LIKELIHOODS, check_image_shape
 from meme.yamlio import load_yaml
 
@@ -167,7 +168,7 @@ def _stamp(path: Path):
 # ------------------------------------------------------------------ parsing
 def read_dataset_file(path) -> DatasetFile:
     """The dataset file at ``path``, validated (cached per file version)."""
-    path = Path(path).expanduser().resolve()
+    path = resolved(path, "dataset file")
     if not path.is_file():
         raise MemeError(f"no dataset file {path} (a dataset is a built-in name or a {'/'.join(FILE_SUFFIXES)} file)")
     key = (str(path), _stamp(path))
