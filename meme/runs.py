@@ -37,6 +37,9 @@ def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool
     (MMVAE) trains on the paired part alone (``warn``: say so)."""
     spec = get_dataset(cfg.dataset)
     data = train_data if train_data is not None else spec.load(cfg, "train")
+    if tuple(data.names) != tuple(spec.names):
+        raise MemeError(f"the data's modalities ({', '.join(data.names)}) are not dataset {cfg.dataset!r}'s "
+                        f"({', '.join(spec.names)}); name them so, or give the config the dataset they belong to")
     if cfg.max_train_pairs:
         data = data.sample(cfg.max_train_pairs, cfg.data_seed)
     if len(data) == 0:

@@ -37,6 +37,7 @@ end of every search range, the metric against the datasets, unique report names.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass, field
@@ -136,7 +137,9 @@ def trial_name(config: dict, varying=(), index: int | None = None) -> str:
     parts = []
     for k in keys:
         v = config.get(k)
-        if k in NAME_FORMAT:
+        if v is None:   # not known yet: drawn by the searcher when the trial starts
+            parts.append(f"{k}?")
+        elif k in NAME_FORMAT:
             parts.append(NAME_FORMAT[k](v))
         elif isinstance(v, str):
             parts.append(v)
@@ -277,9 +280,10 @@ class _Semantics:
                           for i, x in enumerate(values)]
                 axes[k] = tuple(values)
             out.append(axes)
+        size = sum(math.prod(len(v) for v in axes.values()) for axes in out)   # counted before any point is built
+        if size > MAX_POINTS:
+            self.fail("grid", f"expands to {size:,} trials; at most {MAX_POINTS:,}")
         points = grid_points(out)
-        if len(points) > MAX_POINTS:
-            self.fail("grid", f"expands to {len(points)} trials; at most {MAX_POINTS}")
         seen = set()
         for p in points:
             sig = repr(sorted(p.items()))
@@ -301,6 +305,9 @@ class _Semantics:
             dist, args = spec.dist
             typ = _FIELD_TYPES[k]
             if dist == "choice":
+                if len(args) == 1:
+                    self.fail(f"{key}.choice", f"{list(args)} is one value, so there is nothing to search (each sample "
+                                               f"would train the same trial); set {k}: {args[0]!r} in base")
                 probes = args
             elif dist == "randint":
                 if typ != "int":

@@ -207,7 +207,7 @@ def dry_run(study: Study, base_cfg: dict, cpu: float, gpu: float) -> str:
     out.append(f"  base: {shared}")
     varying = study.varying_keys()
     for i, point in enumerate(study.points()):
-        cfg = {**base_cfg, **point}
+        cfg = {**base_cfg, **point, **{k: None for k in study.search}}   # drawn per trial: named k?
         out.append(f"  [{i:>3}] {trial_name(cfg, varying)}  {point}")
     if study.search:
         out.append(f"  (each grid point x {study.searcher['num_samples']} samples from the search space)")

@@ -393,3 +393,52 @@ def test_unreadable_files_and_unwritable_paths_are_one_line(tmp_path, capsys, pr
     for w in words:
         assert w in line, line
     assert _md5s(tmp_path) == before and not (tmp_path / "r").exists()
+
+
+def test_a_huge_grid_is_refused_from_its_size_before_any_point_is_built(tmp_path, capsys, monkeypatch):
+    from orchestration import study as study_mod
+
+    study = tmp_path / "big.yaml"
+    study.write_text("description: x\ngrid:\n  seed: %s\n  data_seed: %s\n  K: %s\nmetric: loss\nmode: min\nepochs: 1\n"
+                     % (list(range(1000)), list(range(1000)), list(range(1, 1001))))
+    monkeypatch.setattr(study_mod, "grid_points", lambda grid: pytest.fail("the points were built"))
+    assert sweep.main(["--study", str(study), "--dry-run"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "grid: expands to 1,000,000,000 trials; at most 10,000" in line, line
+
+
+def test_a_search_over_one_value_is_refused_and_the_dry_run_names_searched_keys_as_drawn(tmp_path, capsys):
+    head = "description: x\nbase: {model: mvae}\nsearcher: {name: optuna, seed: 0, num_samples: 4}\nmetric: loss\nmode: min\nepochs: 1\n"
+    (tmp_path / "one.yaml").write_text(head + "search: {K: {choice: [3]}}\n")
+    assert sweep.main(["--study", str(tmp_path / "one.yaml"), "--dry-run"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "search.K.choice: [3] is one value, so there is nothing to search" in line and "set K: 3 in base" in line
+    (tmp_path / "two.yaml").write_text(head + "search: {K: {choice: [3, 5]}}\n")
+    assert sweep.main(["--study", str(tmp_path / "two.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "mvae-f1-split-K?-s0" in out and "K10" not in out, out
+
+
+def test_python_api_mistakes_are_one_line(tmp_path):
+    from meme.config import TrainConfig
+    from meme.data import PairedData
+    from meme.data.paired import write_array_table
+    from meme.train import Trainer
+
+    x = np.zeros((4, 2), np.float32)
+    nan_rows = x.copy()
+    nan_rows[2, 1] = np.nan
+    good = PairedData.from_arrays("x", np.zeros((20, 1, 28, 28), np.float32), "y", np.zeros((20, 3, 32, 32), np.float32))
+    cases = [
+        (lambda: PairedData.from_arrays("a", [[1.0, 2.0], [3.0]], "b", x[:2]), "a: rows of different shapes (a ragged array)"),
+        (lambda: PairedData.from_arrays("a", x, "a", x), "two modalities named 'a'"),
+        (lambda: PairedData.from_arrays("a", nan_rows, "b", x), "a: row 2 holds nan; values must be finite"),
+        (lambda: write_array_table(tmp_path / "z.parquet", np.zeros((0, 3))), "z.parquet: the array has 0 rows"),
+        (lambda: Trainer(TrainConfig(epochs=1, device="cpu"), train_data=good, test_data=good),
+         "the data's modalities (x, y) are not dataset 'mnist_svhn''s (mnist, svhn)"),
+    ]
+    for call, words in cases:
+        with pytest.raises(MemeError) as e:
+            call()
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "z.parquet").exists()

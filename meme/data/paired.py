@@ -68,6 +68,8 @@ class PairedData:
 
     @classmethod
     def from_arrays(cls, name_s: str, x_s, name_t: str, x_t, labels=None) -> "PairedData":
+        if name_s == name_t:
+            raise MemeError(f"two modalities named {name_s!r}; give each its own name")
         xs, xt = torch.as_tensor(numeric(x_s, name_s)), torch.as_tensor(numeric(x_t, name_t))
         if xs.shape[0] != xt.shape[0]:
             raise MemeError(f"{name_s} has {xs.shape[0]} rows but {name_t} has {xt.shape[0]}; rows must pair up")
@@ -99,6 +101,8 @@ def write_array_table(path, x, labels=None, column: str = "x", label_column: str
     ("NONE" by default: fastest to load; "zstd" makes sparse images such as MNIST several times smaller)."""
     arr = np.ascontiguousarray(numeric(x, column))
     n = arr.shape[0]
+    if n == 0:
+        raise MemeError(f"{path}: the array has 0 rows; a table needs at least one row")
     lab = None if labels is None else class_ids(labels, n, label_column).numpy()
     flat = np.ascontiguousarray(arr.reshape(n, -1), dtype=arr.dtype.newbyteorder("<"))
     width = flat.shape[1]
@@ -145,13 +149,24 @@ def read_array_table(path, column: str = "x", label_column: str | None = "label"
 
 
 def numeric(x, what: str) -> np.ndarray:
-    """``x`` as a numeric (bool, integer or float) NumPy array, or a ``MemeError`` naming ``what``."""
-    arr = np.asarray(x)
+    """``x`` as a numeric (bool, integer or float) NumPy array of finite values, or a ``MemeError`` naming ``what``."""
+    try:
+        arr = np.asarray(x)
+    except ValueError:   # rows of different lengths
+        raise MemeError(f"{what}: rows of different shapes (a ragged array); every row must have the same shape") from None
+    if arr.dtype == object and arr.ndim and any(isinstance(v, (list, tuple, np.ndarray)) for v in arr.flat):
+        raise MemeError(f"{what}: rows of different shapes (a ragged array); every row must have the same shape")
     if arr.dtype.kind not in "biuf":
         raise MemeError(f"{what}: values must be numeric, got {arr.dtype} data"
                         + (f" such as {_first(arr)!r}" if arr.size else ""))
     if arr.ndim == 0:
         raise MemeError(f"{what}: expected an array of rows, got a single value")
+    if arr.dtype.kind == "f" and arr.size:
+        flat = arr.reshape(len(arr), -1)
+        finite = np.isfinite(flat)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite.all(axis=1))[0])
+            raise MemeError(f"{what}: row {row} holds {flat[row][~finite[row]][0]}; values must be finite")
     return arr
 
 
