@@ -29,7 +29,6 @@ from typing import Callable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
 from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
 from meme.config import TrainConfig
@@ -38,6 +37,7 @@ from meme.data import BatchLoader, get_dataset, latent_size
 from meme.data.batch import gather
 from meme.errors import MemeError
 from meme.runs import build_run
+from meme.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class Trainer:
         n_pairs = n_examples = 0
         t0 = time.perf_counter()
         plan = self.loader.plan(self.epoch)
-        bar = tqdm(plan, desc=f"epoch {self.epoch}/{self.cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        bar = progress_bar(plan, desc=f"epoch {self.epoch}/{self.cfg.epochs}", leave=False, progress=progress, fine=True,
+                           unit="batch")
         for pairs, observed in bar:
             batch = gather(self.train_data, pairs, observed, self.device)
             metrics = self.step(batch)

@@ -226,3 +226,20 @@ def test_auto_precision_is_fp32_on_a_torch_without_the_probes(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_off_a_terminal_no_bar_writes_a_line_per_batch(capsys):
+    """A log (stderr not a terminal, as under pytest) gets no per-batch bar lines: neither a classifier's
+    training nor an epoch's batches."""
+    import sys
+
+    from meme.eval.classifiers import fit_classifier
+    from meme.progress import bar
+
+    assert not sys.stderr.isatty()
+    x, y = torch.rand(600, 6), torch.randint(0, 3, (600,))
+    fit_classifier(lambda: torch.nn.Sequential(torch.nn.Linear(6, 3)), x, y, epochs=2, batch_size=32, progress=True,
+                   desc="classifier demo")
+    assert "classifier demo" not in capsys.readouterr().err
+    assert bar(range(3), progress=True, fine=True).disable and not bar(range(3), progress=True).disable
+    assert bar(range(3), progress=False).disable

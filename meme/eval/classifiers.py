@@ -23,11 +23,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
 from meme.errors import MemeError, check_choice
 from meme.nets.base import as_float
+from meme.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def fit_classifier(build: Callable[[], nn.Module], x_tr: Tensor, y_tr: Tensor, e
         steps = epochs * -(-x_tr.shape[0] // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         t0 = time.perf_counter()
-        bar = tqdm(total=steps, desc=desc, disable=not progress, unit="batch")
+        bar = progress_bar(total=steps, desc=desc, progress=progress, fine=True, unit="batch")
         for _ in range(epochs):
             clf.train()
             perm = torch.randperm(x_tr.shape[0], generator=g)

@@ -37,6 +37,7 @@ from torch import nn
 from meme.features.cub_files import CUBImages, sha256_file
 from meme.errors import MemeError, check_choice
 from meme.features import store as st
+from meme.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,6 @@ def extract_image_features(images: CUBImages, store, split_scheme: str = "classe
 
     ``max_images`` > 0 stops after that many new images (the partial work is kept; for tests and trials).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or chunk < 1:
         raise MemeError(f"batch_size={batch_size} and chunk={chunk} must be positive")
     if images.root is None:
@@ -261,7 +260,7 @@ def extract_image_features(images: CUBImages, store, split_scheme: str = "classe
         loader = torch.utils.data.DataLoader(ImageFiles(files, preprocess_transform(preprocess, image_size)),
                                              batch_size=batch_size, num_workers=num_workers, collate_fn=collate_list,
                                              pin_memory=dev.type == "cuda")
-        bar = tqdm(total=len(todo), desc="ResNet-101 features", unit="img", disable=not progress)
+        bar = progress_bar(total=len(todo), desc="ResNet-101 features", unit="img", progress=progress, fine=True)
         try:
             for batch in loader:
                 idx, tensors, digests = zip(*batch)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from meme.errors import MemeError
+from meme.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,8 @@ def tokenize(text: str) -> list[str]:
 
 
 def tokenize_all(texts, progress: bool = False) -> list[list[str]]:
-    from tqdm.auto import tqdm
-
-    return [tokenize(t) for t in tqdm(texts, desc="tokenize", unit="caption", disable=not progress, leave=False)]
+    return [tokenize(t) for t in progress_bar(texts, desc="tokenize", unit="caption", progress=progress, fine=True,
+                                              leave=False)]
 
 
 # -------------------------------------------------------------- vocabulary
