@@ -243,3 +243,21 @@ def test_off_a_terminal_no_bar_writes_a_line_per_batch(capsys):
     assert "classifier demo" not in capsys.readouterr().err
     assert bar(range(3), progress=True, fine=True).disable and not bar(range(3), progress=True).disable
     assert bar(range(3), progress=False).disable
+
+
+def test_a_classifier_with_early_stopping_stops_at_the_plateau_and_learns():
+    """Separable classes: held-out accuracy plateaus at 1.0 within a few checks, so training stops after
+    patience x CHECK_EVERY + anneal steps, far short of the epochs allowed."""
+    from meme.eval.classifiers import CHECK_EVERY, EarlyStop, accuracy, fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (20000,), generator=g)
+    x = torch.nn.functional.one_hot(y, 4).float() * 3 + 0.3 * torch.randn(20000, 4, generator=g)
+    steps = []
+    net = torch.nn.Linear(4, 4)
+    net.register_forward_hook(lambda m, i, o: steps.append(1) if m.training else None)
+    rule = EarlyStop(patience=2, anneal=30)
+    clf, _ = fit_classifier(lambda: net, x, y, epochs=20, batch_size=64, progress=False, early_stop=rule)
+    full = 20 * -(-(20000 - 2000) // 64)
+    assert len(steps) <= 10 * CHECK_EVERY + rule.anneal < full / 10   # measured: 380 steps of the 5,640 allowed
+    assert accuracy(clf, x, y) > 0.99
