@@ -263,6 +263,17 @@ def run(args) -> int:
         print(dry_run(study, base_cfg, cpu, gpu))
         return 0
 
+    # what can be refused in a moment is refused before data is generated or classifiers are trained
+    from orchestration import tracking
+
+    tracking.check_reachable(tracking_uri)
+    check_ray_reachable(ray_address(args.address))
+    if args.address is None and gpu > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise MemeError(f"--gpus-per-trial {gpu:g} but this machine has no CUDA GPU (trials would wait forever); "
+                            f"give --gpus-per-trial 0, or run on a GPU machine or cluster (--address)")
     data_dir = state["data_dir"] if state else prepare_data_dir(study, args.data_dir)
     overrides = {"epochs": epochs, "data_dir": data_dir}
     if study.synthetic_data:
@@ -274,9 +285,6 @@ def run(args) -> int:
 def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str,
                state: dict | None, cpu: float, gpu: float) -> int:
     from orchestration import tracking
-
-    tracking.check_reachable(tracking_uri)
-    check_ray_reachable(ray_address(args.address))   # before the minutes of classifier training
 
     def prepare() -> dict:   # beside Ray's start-up, which mostly waits on its processes
         classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)   # checks the data first

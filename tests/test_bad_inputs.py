@@ -442,3 +442,22 @@ def test_python_api_mistakes_are_one_line(tmp_path):
             call()
         assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not (tmp_path / "z.parquet").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--gpus-per-trial", "0.5"], ["--gpus-per-trial 0.5 but this machine has no CUDA GPU"]),
+    (["--address", "127.0.0.1:9"], ["127.0.0.1:9"]),
+], ids=["gpu-on-cpu", "dead-ray"])
+def test_a_study_that_cannot_run_is_refused_before_any_data_is_generated(tmp_path, capsys, monkeypatch, extra, words):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    code = sweep.main(["--study", "smoke", "--data-dir", str(tmp_path / "data"), "--storage", str(tmp_path / "runs"),
+                       *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    line = err.splitlines()[-1]
+    for w in words:
+        assert w in line, line
+    assert not (tmp_path / "data").exists()   # the smoke study's synthetic data was not generated

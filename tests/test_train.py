@@ -246,8 +246,8 @@ def test_off_a_terminal_no_bar_writes_a_line_per_batch(capsys):
 
 
 def test_a_classifier_with_early_stopping_stops_at_the_plateau_and_learns():
-    """Separable classes: held-out accuracy plateaus at 1.0 within a few checks, so training stops after
-    patience x CHECK_EVERY + anneal steps, far short of the epochs allowed."""
+    """Separable classes: held-out accuracy stops gaining after a few checks, and training ends patience checks
+    and an anneal later, far short of the epochs allowed."""
     from meme.eval.classifiers import CHECK_EVERY, EarlyStop, accuracy, fit_classifier
 
     g = torch.Generator().manual_seed(0)
