@@ -1,7 +1,7 @@
 """The judging classifiers of a user's dataset: time and test accuracy with early stopping against the fixed
 one-cycle schedule they had before, side by side in one run.
 
-    python benchmarks/classifier_speed.py [--data-dir ../shared/data] [--threads 2]
+    python benchmarks/classifier_speed.py [--data-dir DIR] [--threads 2]
 
 Real MNIST (60,000 training and 10,000 test rows) as a dataset file's two tables would hold it: flat vectors of
 784 values and 1 x 28 x 28 images. Each table's classifier (``meme.eval.table_classifiers``) is trained the old way
@@ -30,12 +30,15 @@ from meme.eval.table_classifiers import BATCH_SIZE, EARLY_STOP, EPOCHS, build_ta
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="holds MNIST/raw")
+    shared = ROOT.parent / "shared" / "data"
+    p.add_argument("--data-dir", default=str(shared) if (shared / "MNIST").is_dir() else "",
+                   help="holds MNIST/raw (default: ../shared/data where it exists, else $MEME_DATA_DIR or ~/.cache/meme, "
+                        "downloading MNIST there if missing)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    x_tr, y_tr = load_mnist(args.data_dir, "train", download=False)
-    x_te, y_te = load_mnist(args.data_dir, "test", download=False)
+    x_tr, y_tr = load_mnist(args.data_dir, "train", download=True)
+    x_te, y_te = load_mnist(args.data_dir, "test", download=True)
     tables = {"vector": (Resolved("vector", (784,)), x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)),
               "image": (Resolved("image", (1, 28, 28)), x_tr[:, None], x_te[:, None])}
     print(f"MNIST {len(x_tr)} / {len(x_te)} rows; {args.threads} threads; early stopping's forward pass in "

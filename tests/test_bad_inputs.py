@@ -75,6 +75,7 @@ CLI_CASES = [
     ("meme", ["eval", "--checkpoint", "{d}/nowhere"], ["no checkpoint at"]),
     ("meme", ["eval", "--checkpoint", "{d}/rand.pt"], ["rand.pt is corrupt or not a MEME checkpoint", "weights_only=True"]),
     ("meme", ["eval"], ["needs --checkpoint"]),
+    ("meme", ["eval", "--checkpoint", "{d}/rand.pt", "--model", "MVAE"], ["unknown model 'MVAE'", "meme, mvae, mmvae"]),
     # sweep.py
     ("sweep.py", ["--study", "nope"], ["unknown study 'nope'", "smoke"]),
     ("sweep.py", ["--study", "{d}/typo.yaml", "--dry-run"], ["unknown metric 'coherance_cross_mean'",

@@ -70,7 +70,7 @@ class PairedData:
     def from_arrays(cls, name_s: str, x_s, name_t: str, x_t, labels=None) -> "PairedData":
         if name_s == name_t:
             raise MemeError(f"two modalities named {name_s!r}; give each its own name")
-        xs, xt = torch.as_tensor(numeric(x_s, name_s)), torch.as_tensor(numeric(x_t, name_t))
+        xs, xt = torch.as_tensor(numeric(x_s, name_s, finite=True)), torch.as_tensor(numeric(x_t, name_t, finite=True))
         if xs.shape[0] != xt.shape[0]:
             raise MemeError(f"{name_s} has {xs.shape[0]} rows but {name_t} has {xt.shape[0]}; rows must pair up")
         n = xs.shape[0]
@@ -148,8 +148,9 @@ def read_array_table(path, column: str = "x", label_column: str | None = "label"
     return torch.from_numpy(values), labels
 
 
-def numeric(x, what: str) -> np.ndarray:
-    """``x`` as a numeric (bool, integer or float) NumPy array of finite values, or a ``MemeError`` naming ``what``."""
+def numeric(x, what: str, finite: bool = False) -> np.ndarray:
+    """``x`` as a numeric (bool, integer or float) NumPy array (of finite values, with ``finite``), or a ``MemeError``
+    naming ``what``."""
     try:
         arr = np.asarray(x)
     except ValueError:   # rows of different lengths
@@ -161,7 +162,7 @@ def numeric(x, what: str) -> np.ndarray:
                         + (f" such as {_first(arr)!r}" if arr.size else ""))
     if arr.ndim == 0:
         raise MemeError(f"{what}: expected an array of rows, got a single value")
-    if arr.dtype.kind == "f" and arr.size:
+    if finite and arr.dtype.kind == "f" and arr.size:
         flat = arr.reshape(len(arr), -1)
         finite = np.isfinite(flat)
         if not finite.all():

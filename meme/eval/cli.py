@@ -25,6 +25,11 @@ def cmd_eval(args) -> int:
 
     if not args.checkpoint:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
+    if args.model:
+        from meme.errors import check_choice
+        from meme.models import MODELS
+
+        check_choice("model", args.model, MODELS)
     if args.out:
         check_dir_target(args.out, "--out")
         from meme.checkpoint import CHECKPOINT
