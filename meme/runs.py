@@ -69,7 +69,7 @@ BYTES_PER_PARAMETER = 16   # fp32 weight, its gradient and Adam's two moments
 def check_sizes(cfg: TrainConfig, data: PairedData, observation: Observation) -> None:
     """Sizes that cannot fit, refused before anything is built: the latent layers, the classes of the labels, and
     more pseudo-samples than rows to start them from."""
-    device = resolve_device(cfg.device)
+    device = _device_for_sizes(cfg)
     latent = latent_size(cfg)
     # each modality's heads and first decoder layer are latent x hidden (512) matrices: three per modality
     check_fits(latent * 512 * 3 * 2 * BYTES_PER_PARAMETER, f"latent_dim={latent} (its layers)", device)
@@ -92,7 +92,16 @@ def check_batch_memory(cfg: TrainConfig, modalities) -> None:
     values = sum(math.prod(m.event_shape) for m in modalities)
     # the decoded parameters and, for the backward pass, about as many activations again, in fp32
     check_fits((cfg.K + 2) * cfg.batch_size * values * 4 * 2, f"K={cfg.K} at batch_size={cfg.batch_size} "
-               f"(per batch)", resolve_device(cfg.device))
+               f"(per batch)", _device_for_sizes(cfg))
+
+
+def _device_for_sizes(cfg: TrainConfig) -> torch.device:
+    """The device whose memory bounds the sizes: the run's, or the CPU where a run trained on a GPU is rebuilt
+    on a machine without one (``meme eval`` of a GPU run)."""
+    try:
+        return resolve_device(cfg.device)
+    except MemeError:
+        return torch.device("cpu")
 
 
 def load_run(checkpoint, data_dir: str | None = None, expect_model: str | None = None):

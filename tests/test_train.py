@@ -262,3 +262,16 @@ def test_a_classifier_with_early_stopping_stops_at_the_plateau_and_learns():
     full = 20 * -(-(20000 - 2000) // 64)
     assert len(steps) <= 10 * CHECK_EVERY + rule.anneal < full / 10   # measured: 380 steps of the 5,640 allowed
     assert accuracy(clf, x, y) > 0.99
+
+
+def test_a_run_trained_on_a_gpu_is_rebuilt_on_a_machine_without_one(synth_dir, tmp_path, monkeypatch):
+    """meme eval of a run whose config says cuda, where no GPU is visible: the size checks read the CPU's memory."""
+    from meme.runs import load_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    list(train(small(synth_dir, epochs=1), tmp_path, progress=False))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["config"]["device"] = "cuda"
+    torch.save(state, tmp_path / "checkpoint.pt")
+    model, cfg, _, _ = load_run(tmp_path)
+    assert cfg.device == "cuda" and model.names == ("mnist", "svhn")
