@@ -15,6 +15,7 @@ from torch import nn
 from meme.checkpoint import check_checkpoint, load_checkpoint, stored_config
 from meme.config import TrainConfig
 from meme.data import PairedData, get_dataset, latent_size, make_observation
+from meme.data.paired import check_classes
 from meme.device import check_fits, resolve_device
 from meme.data.observation import Observation
 from meme.errors import MemeError
@@ -73,10 +74,7 @@ def check_sizes(cfg: TrainConfig, data: PairedData, observation: Observation) ->
     latent = latent_size(cfg)
     # each modality's heads and first decoder layer are latent x hidden (512) matrices: three per modality
     check_fits(latent * 512 * 3 * 2 * BYTES_PER_PARAMETER, f"latent_dim={latent} (its layers)", device)
-    if len(data.labels) and int(data.labels.max()) >= 0:
-        top = int(data.labels.max())
-        check_fits((top + 1) * 256 * BYTES_PER_PARAMETER, f"labels up to {top} ({top + 1} classes, for the judging "
-                   f"classifiers' output layers)", device)
+    check_classes(data.labels, "the training labels", device)
     if cfg.model == "meme":
         for m, rows in enumerate((observation.paired.numel() + observation.s_only.numel(),
                                   observation.paired.numel() + observation.t_only.numel())):

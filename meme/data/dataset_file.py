@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meme.data.paired import PairedData, class_ids, read_array_table
+from meme.data.paired import PairedData, check_classes, check_finite, class_ids, read_array_table
 from meme.device import check_fits
 from meme.errors import MemeError
 from meme.paths import resolved
@@ -314,13 +314,7 @@ def _check_rows(entry: ModalityEntry, split: str, x: np.ndarray, kind: str | Non
     where = _where(entry.table(split), entry.column)
     if x.ndim == 0 or x.dtype.kind not in "biuf":
         raise MemeError(f"{where}: holds {x.dtype} values; it must be numeric")
-    if x.dtype.kind == "f" and x.size:
-        flat = x.reshape(len(x), -1)
-        finite = np.isfinite(flat)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise MemeError(f"{where}: row {row} holds {flat[row][~finite[row]][0]}; values must be finite "
-                            f"(NaN and Inf are refused: remove or impute them)")
+    check_finite(x, where)
     kind = kind or _infer_kind(x)
     if kind is None:
         rank = x.ndim - 1
@@ -404,10 +398,8 @@ def load_tables(ds: DatasetFile):
             raise MemeError(f"{ea} and {eb} disagree on labels column {ds.labels!r} at row {bad}: "
                             f"{int(la[bad])} vs {int(lb[bad])}; paired rows must carry the same label")
         lab = la if la is not None else lb
-        if lab is not None and len(lab):
-            top = int(lab.max())
-            check_fits((top + 1) * 256 * 16, f"{ea if la is not None else eb}: column {ds.labels!r}: label {top} "
-                       f"({top + 1:,} classes, for the judging classifiers' output layers)", torch.device("cpu"))
+        if lab is not None:
+            check_classes(lab, f"{ea if la is not None else eb}: column {ds.labels!r}", torch.device("cpu"))
         if ds.labels and lab is None:
             raise MemeError(f"{ds.path}: labels: column {ds.labels!r} is in neither {ea.name} nor {eb.name}")
         if lab is not None and len(lab) and int(lab.min()) < 0:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from meme.arrow import SHAPE_KEY, VECTOR_KEY, column_array, schema_shape
+from meme.device import check_fits
 from meme.errors import MemeError
 
 
@@ -162,13 +163,30 @@ def numeric(x, what: str, finite: bool = False) -> np.ndarray:
                         + (f" such as {_first(arr)!r}" if arr.size else ""))
     if arr.ndim == 0:
         raise MemeError(f"{what}: expected an array of rows, got a single value")
-    if finite and arr.dtype.kind == "f" and arr.size:
-        flat = arr.reshape(len(arr), -1)
-        finite = np.isfinite(flat)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise MemeError(f"{what}: row {row} holds {flat[row][~finite[row]][0]}; values must be finite")
+    if finite:
+        check_finite(arr, what)
     return arr
+
+
+def check_finite(arr: np.ndarray, what: str) -> None:
+    """A ``MemeError`` naming ``what``, the first row and its value where a float array holds NaN or Inf."""
+    if arr.dtype.kind != "f" or not arr.size:
+        return
+    flat = arr.reshape(len(arr), -1)
+    ok = np.isfinite(flat)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok.all(axis=1))[0])
+        raise MemeError(f"{what}: row {row} holds {flat[row][~ok[row]][0]}; values must be finite "
+                        f"(NaN and Inf are refused: remove or impute them)")
+
+
+def check_classes(labels: Tensor, what: str, device: torch.device) -> None:
+    """Class ids up to the largest label must fit the judging classifiers' output layers (256 x classes, with
+    gradients and Adam's moments) in ``device``'s memory."""
+    if len(labels) and int(labels.max()) >= 0:
+        top = int(labels.max())
+        check_fits((top + 1) * 256 * 16, f"{what}: label {top} ({top + 1:,} classes, for the judging classifiers' "
+                   f"output layers)", device)
 
 
 def class_ids(labels, n: int, what: str) -> Tensor:
