@@ -153,80 +153,74 @@ def fit_classifier(build: Callable[[], nn.Module], x_tr: Tensor, y_tr: Tensor, e
     most it runs). Where bf16 is native (``resolve_precision("auto")``) the forward pass runs in bf16 autocast.
     ``benchmarks/classifier_speed.py`` measures it against the one-cycle schedule on MNIST."""
     device = torch.device(device)
-    if early_stop is not None:
-        return _fit_early_stopping(build, x_tr, y_tr, epochs, batch_size, lr, seed, device, progress, desc, early_stop)
     g = torch.Generator().manual_seed(seed)
+    x_val = y_val = None
+    if early_stop is not None:
+        n_val = min(HOLDOUT_ROWS, int(len(x_tr) * HOLDOUT_FRACTION))
+        order = torch.randperm(len(x_tr), generator=g)
+        x_val, y_val, x_tr, y_tr = x_tr[order[:n_val]], y_tr[order[:n_val]], x_tr[order[n_val:]], y_tr[order[n_val:]]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         clf = build().to(device)
         opt = torch.optim.Adam(clf.parameters(), lr=lr)
         steps = epochs * -(-x_tr.shape[0] // batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         t0 = time.perf_counter()
         bar = progress_bar(total=steps, desc=desc, progress=progress, fine=True, unit="batch")
-        for _ in range(epochs):
-            clf.train()
-            perm = torch.randperm(x_tr.shape[0], generator=g)
-            for i in range(0, perm.numel(), batch_size):
-                idx = perm[i:i + batch_size]
-                xb, yb = as_float(x_tr[idx].to(device)), y_tr[idx].to(device)
-                loss = F.cross_entropy(clf(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        clf.train()
+        batches = _batches(x_tr, y_tr, epochs, batch_size, g, device)
+        if early_stop is None:
+            _one_cycle(clf, opt, batches, steps, lr, bar)
+        else:
+            _early_stopping(clf, opt, batches, lr, x_val, y_val, early_stop, device, bar)
         bar.close()
     return clf.eval(), time.perf_counter() - t0
 
 
-def _fit_early_stopping(build, x_tr: Tensor, y_tr: Tensor, epochs: int, batch_size: int, lr: float, seed: int,
-                        device: torch.device, progress: bool, desc: str, rule: EarlyStop) -> tuple[nn.Module, float]:
-    g = torch.Generator().manual_seed(seed)
-    n_val = min(HOLDOUT_ROWS, int(len(x_tr) * HOLDOUT_FRACTION))
-    order = torch.randperm(len(x_tr), generator=g)
-    x_val, y_val, x_fit, y_fit = x_tr[order[:n_val]], y_tr[order[:n_val]], x_tr[order[n_val:]], y_tr[order[n_val:]]
+def _batches(x: Tensor, y: Tensor, epochs: int, batch_size: int, g: torch.Generator, device):
+    """The training batches of ``epochs`` passes, each in a fresh order drawn from ``g``, as float rows on ``device``."""
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, perm.numel(), batch_size):
+            idx = perm[i:i + batch_size]
+            yield as_float(x[idx].to(device)), y[idx].to(device)
+
+
+def _one_cycle(clf: nn.Module, opt, batches, steps: int, lr: float, bar) -> None:
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for xb, yb in batches:
+        loss = F.cross_entropy(clf(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+
+def _early_stopping(clf: nn.Module, opt, batches, lr: float, x_val: Tensor, y_val: Tensor, rule: EarlyStop,
+                    device: torch.device, bar) -> None:
     bf16 = resolve_precision("auto", device) == "bf16"
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        clf = build().to(device)
-        opt = torch.optim.Adam(clf.parameters(), lr=lr)
-        t0 = time.perf_counter()
-        best, stale, step, anneal_from = -1.0, 0, 0, None
-        bar = progress_bar(total=epochs * -(-len(x_fit) // batch_size), desc=desc, progress=progress, fine=True, unit="batch")
-        done = False
-        for _ in range(epochs):
+    best, stale, anneal_from = -1.0, 0, None
+    for step, (xb, yb) in enumerate(batches, start=1):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = clf(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        if anneal_from is not None:   # the plateau was reached: the rate falls to 0, then training stops
+            frac = (step - anneal_from) / rule.anneal
+            for group in opt.param_groups:
+                group["lr"] = lr * max(0.0, 1.0 - frac)
+            if frac >= 1.0:
+                return
+        elif len(x_val) and step % CHECK_EVERY == 0:
+            score = accuracy(clf, x_val, y_val)
             clf.train()
-            perm = torch.randperm(x_fit.shape[0], generator=g)
-            for i in range(0, perm.numel(), batch_size):
-                idx = perm[i:i + batch_size]
-                xb, yb = as_float(x_fit[idx].to(device)), y_fit[idx].to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = clf(xb)
-                loss = F.cross_entropy(logits.float(), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                bar.update(1)
-                if anneal_from is not None:   # the plateau was reached: the rate falls to 0, then training stops
-                    frac = (step - anneal_from) / rule.anneal
-                    for group in opt.param_groups:
-                        group["lr"] = lr * max(0.0, 1.0 - frac)
-                    done = frac >= 1.0
-                elif n_val and step % CHECK_EVERY == 0:
-                    score = accuracy(clf, x_val, y_val)
-                    clf.train()
-                    best, stale = (score, 0) if score > best + MIN_GAIN else (best, stale + 1)
-                    if stale >= rule.patience:
-                        anneal_from = step
-                if done:
-                    break
-            if done:
-                break
-        bar.close()
-    return clf.eval(), time.perf_counter() - t0
+            best, stale = (score, 0) if score > best + MIN_GAIN else (best, stale + 1)
+            if stale >= rule.patience:
+                anneal_from = step
 
 
 def save_classifier(clf: nn.Module, record: dict, directory) -> Path:
