@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     from meme.eval import ensure_classifiers
     from orchestration.study import parse_study
-    from orchestration.prepare import prepare_data_dir
+    from orchestration.prepare import data_dir_for, prepare_data_dir
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="meme-overhead-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     study_path.write_text(text)
     study = parse_study(text, "overhead", str(study_path))
     data_root = work / "data"
-    data_dir = prepare_data_dir(study, str(data_root))
+    data_dir = data_dir_for(study, str(data_root))
+    prepare_data_dir(study, data_dir)
     ensure_classifiers(["mnist", "svhn"], data_dir=data_dir, download=False, progress=False)   # not timed
     print(f"{args.trials} trials x {args.epochs} epochs x {args.pairs} pairs, {args.cpus} CPU(s); work dir {work}")
 

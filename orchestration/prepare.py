@@ -9,25 +9,37 @@ from orchestration import SWEEP_PROG as PROG
 from orchestration.study import Study
 
 
-def prepare_data_dir(study: Study, data_dir: str | None) -> str:
-    """The data dir every trial gets: generated data for studies that ask for it, else --data-dir."""
+def synthetic_root(study: Study, data_dir: str | None) -> Path:
+    """Where a study that generates its data keeps it: <data dir>/synthetic/n<train>-<test>-s<seed>."""
     from meme.data import resolve_data_dir
 
-    if study.synthetic_data:
-        from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
-        from meme.data.synthetic import write_synthetic_mnist_svhn
+    s = study.synthetic_data
+    return resolve_data_dir(data_dir).resolve() / "synthetic" / f"n{s['n_train']}-{s['n_test']}-s{s['seed']}"
 
-        s = study.synthetic_data
-        root = resolve_data_dir(data_dir).resolve() / "synthetic" / f"n{s['n_train']}-{s['n_test']}-s{s['seed']}"
-        files = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
-        files += [root / "SVHN" / SVHN_FILES[k] for k in ("train", "test")]
-        if not all(f.exists() for f in files):
-            print(f"{PROG}: generating the study's synthetic MNIST-format + SVHN-format data in {root}", flush=True)
-            write_synthetic_mnist_svhn(root, n_train=s["n_train"], n_test=s["n_test"], seed=s["seed"])
-        return str(root)
+
+def data_dir_for(study: Study, data_dir: str | None) -> str:
+    """The data dir every trial gets (nothing is written): a generated-data study's folder, else --data-dir,
+    else the study's own."""
+    if study.synthetic_data:
+        return str(synthetic_root(study, data_dir))
     if data_dir:
         return str(Path(data_dir).expanduser().resolve())
     return str(study.base.get("data_dir", ""))
+
+
+def prepare_data_dir(study: Study, root: str) -> None:
+    """Generate a generated-data study's files into ``root`` (``data_dir_for``'s answer) when any is missing."""
+    if not study.synthetic_data:
+        return
+    from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
+    from meme.data.synthetic import write_synthetic_mnist_svhn
+
+    s, root = study.synthetic_data, Path(root)
+    files = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
+    files += [root / "SVHN" / SVHN_FILES[k] for k in ("train", "test")]
+    if not all(f.exists() for f in files):
+        print(f"{PROG}: generating the study's synthetic MNIST-format + SVHN-format data in {root}", flush=True)
+        write_synthetic_mnist_svhn(root, n_train=s["n_train"], n_test=s["n_test"], seed=s["seed"])
 
 
 def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:

@@ -5,6 +5,10 @@ and evaluates a model (``orchestration.trainable``), MLflow records one parent r
 and one child run per trial (``orchestration.tracking``), progress shows while it runs and a summary
 table ends it. ``report.py --study NAME`` then regenerates the paper's figures from MLflow.
 
+An invocation is three steps: ``plan(args)`` decides everything and writes nothing (``orchestration.plan``),
+``prepare(plan)`` makes the data, classifiers, Ray and MLflow's parent run ready and saves the plan as the run's
+resume state, and ``fit(prepared)`` runs the trials on Ray Tune.
+
 Where things go (defaults, relative to the working directory): MLflow in ``mlflow.db`` (artifacts in
 ``mlruns/``), Ray Tune's results and checkpoints in ``runs/studies/<study>-<timestamp>/``.
 
@@ -25,15 +29,16 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from meme.errors import MemeError
 from orchestration import SWEEP_PROG, check_orchestration_installed
 from orchestration.cluster import check_ray_reachable, check_resources, check_shared_paths, init_ray, ray_address
+from orchestration.plan import StudyPlan, plan
 from orchestration.prepare import prepare_classifiers, prepare_data_dir
-from orchestration.run_state import find_resumable, resolve_storage, write_state
-from orchestration.study import Study, load_study, parse_study, study_names, trial_name
+from orchestration.run_state import write_state
+from orchestration.study import Study, load_study, study_names, trial_name
 from orchestration.summary import finish
 
 log = logging.getLogger("orchestration.sweep")
@@ -215,85 +220,70 @@ def dry_run(study: Study, base_cfg: dict, cpu: float, gpu: float) -> str:
 
 
 def run(args) -> int:
+    """``plan``, then ``prepare``, then ``fit``."""
     if args.list:
         print(list_studies())
         return 0
-    from orchestration.study_schema import check_gpus, study_json_schema   # pydantic: checked installed in main
+    from orchestration.study_schema import study_json_schema   # pydantic: checked installed in main
 
     if args.study_schema:
         print(json.dumps(study_json_schema(), indent=2))
         return 0
-    if not args.study and args.resume in (None, ""):
-        raise MemeError("--study NAME is required (--list shows the studies)")
-    if (args.retry_errored or args.restart_errored) and args.resume is None:
-        raise MemeError("--retry-errored and --restart-errored go with --resume")
-    for opt in ("max_concurrent", "epochs"):
-        v = getattr(args, opt)
-        if v is not None and v < (0 if opt == "max_concurrent" else 1):
-            raise MemeError(f"--{opt.replace('_', '-')}={v} must be {'>= 0' if opt == 'max_concurrent' else '>= 1'}")
-    storage = resolve_storage(args.storage)
-    state = None
-    if args.resume is not None:
-        name = Path(args.study).stem if args.study and args.study.endswith((".yaml", ".yml")) else args.study
-        run_name, state = find_resumable(storage, name, args.resume or None)
-        study = parse_study(state["study_text"], state["study"], state["study_path"])
-        given = {"epochs": args.epochs, "data_dir_option": args.data_dir and str(Path(args.data_dir).expanduser().resolve())}
-        for key, value in given.items():
-            if value and value != state.get(key):
-                raise MemeError(f"--{key.removesuffix('_option').replace('_', '-')} {value} differs from the interrupted "
-                                f"run's {state.get(key)}; a resumed study keeps its settings")
-        epochs, tracking_uri = state["epochs"], args.tracking_uri or state["tracking_uri"]
-    else:
-        study = load_study(args.study)
-        run_name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        epochs = args.epochs or study.epochs
-        from orchestration.tracking import default_tracking_uri
-
-        tracking_uri = args.tracking_uri or default_tracking_uri()
-    cpu = args.cpus_per_trial if args.cpus_per_trial is not None else study.resources["cpu"]
-    gpu = args.gpus_per_trial if args.gpus_per_trial is not None else study.resources["gpu"]
-    if not cpu > 0:
-        raise MemeError(f"--cpus-per-trial={cpu} must be > 0")
-    check_gpus(gpu, lambda msg: (_ for _ in ()).throw(MemeError(f"--gpus-per-trial: {msg}")))
-
+    the_plan = plan(args)
     if args.dry_run:
+        study = the_plan.study
         shown = "(generated under <data dir>/synthetic/)" if study.synthetic_data else (
-            str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else study.base.get("data_dir", ""))
-        base_cfg = study.base_config(epochs=epochs, data_dir=shown)
-        print(dry_run(study, base_cfg, cpu, gpu))
+            the_plan.data_dir_option or study.base.get("data_dir", ""))
+        base_cfg = study.base_config(epochs=the_plan.epochs, data_dir=shown)
+        print(dry_run(study, base_cfg, the_plan.cpu, the_plan.gpu))
         return 0
+    with prepare(the_plan) as prepared:
+        return fit(prepared)
 
-    # what can be refused in a moment is refused before data is generated or classifiers are trained
+
+@dataclass(frozen=True)
+class Prepared:
+    """A plan made ready: its data and classifiers, Ray connected, MLflow's parent run open (``plan`` now holds
+    its id), the resume state saved."""
+    plan: StudyPlan
+    classifiers: dict
+    tracking: object      # tracking.TrackingInfo
+
+
+def check_before_preparing(the_plan: StudyPlan) -> None:
+    """What can be refused in a moment, before data is generated or classifiers are trained."""
     from orchestration import tracking
 
-    tracking.check_reachable(tracking_uri)
-    check_ray_reachable(ray_address(args.address))
-    if args.address is None and gpu > 0:
+    tracking.check_reachable(the_plan.tracking_uri)
+    address = the_plan.invocation.address
+    check_ray_reachable(ray_address(address))
+    if address is None and the_plan.gpu > 0:
         import torch
 
         if torch.cuda.device_count() == 0:
-            raise MemeError(f"--gpus-per-trial {gpu:g} but this machine has no CUDA GPU (trials would wait forever); "
-                            f"give --gpus-per-trial 0, or run on a GPU machine or cluster (--address)")
-    data_dir = state["data_dir"] if state else prepare_data_dir(study, args.data_dir)
-    overrides = {"epochs": epochs, "data_dir": data_dir}
-    if study.synthetic_data:
-        overrides["download"] = False
-    base_cfg = study.base_config(**overrides)
-    return _run_tuner(args, study, base_cfg, storage, run_name, tracking_uri, state, cpu, gpu)
+            raise MemeError(f"--gpus-per-trial {the_plan.gpu:g} but this machine has no CUDA GPU (trials would wait "
+                            f"forever); give --gpus-per-trial 0, or run on a GPU machine or cluster (--address)")
 
 
-def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str,
-               state: dict | None, cpu: float, gpu: float) -> int:
+@contextlib.contextmanager
+def prepare(the_plan: StudyPlan):
+    """Data, classifiers, Ray and MLflow for ``the_plan``; yields ``Prepared``. Ray (when this call started it)
+    stops on the way out, and MLflow's parent run is ended as failed or killed when the study ends abnormally."""
     from orchestration import tracking
 
-    def prepare() -> dict:   # beside Ray's start-up, which mostly waits on its processes
-        classifiers = prepare_classifiers(study, base_cfg, progress=not args.quiet)   # checks the data first
-        tracking.client_for(tracking_uri).search_experiments(max_results=1)   # creates a new MLflow database
+    check_before_preparing(the_plan)
+    run = the_plan.invocation
+    base_cfg = the_plan.base_config()
+
+    def data_and_classifiers() -> dict:   # beside Ray's start-up, which mostly waits on its processes
+        prepare_data_dir(the_plan.study, the_plan.data_dir)
+        classifiers = prepare_classifiers(the_plan.study, base_cfg, progress=not run.quiet)   # checks the data first
+        tracking.client_for(the_plan.tracking_uri).search_experiments(max_results=1)   # creates a new MLflow database
         return classifiers
 
     with ThreadPoolExecutor(1, thread_name_prefix="meme-prepare") as pool:
-        prepared = pool.submit(prepare)
-        started = init_ray(args.address, args.num_cpus, args.dashboard, args.verbose)
+        prepared = pool.submit(data_and_classifiers)
+        started = init_ray(run.address, run.num_cpus, run.dashboard, run.verbose)
         try:
             classifiers = prepared.result()
         except BaseException:
@@ -303,26 +293,21 @@ def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, 
                 ray.shutdown()
             raise
     try:
-        check_resources(cpu, gpu, local=args.address is None)
-        check_shared_paths(storage, tracking_uri, args.shared_storage)
-        ray_path = f"{storage}/{run_name}"
-        if state is None:
-            experiment = args.experiment or study.name
-            params = {"metric": study.metric, "mode": study.mode, "epochs": base_cfg["epochs"],
-                      "n_trials": study.num_trials(), "cpus_per_trial": cpu, "gpus_per_trial": gpu,
-                      "max_failures": args.max_failures, "searcher": study.searcher, "scheduler": study.scheduler}
-            info = tracking.start_parent(tracking_uri, experiment, study, run_name, ray_path, params)
-            state = {"study": study.name, "study_path": study.path, "study_text": study.text,
-                     "epochs": base_cfg["epochs"], "data_dir": base_cfg["data_dir"], "tracking_uri": tracking_uri,
-                     "data_dir_option": args.data_dir and str(Path(args.data_dir).expanduser().resolve()),
-                     "experiment": experiment, "parent_run_id": info.parent_run_id,
-                     "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-            write_state(storage, run_name, state)
+        check_resources(the_plan.cpu, the_plan.gpu, local=run.address is None)
+        check_shared_paths(the_plan.storage, the_plan.tracking_uri, run.shared_storage)
+        if the_plan.resume:
+            info = tracking.reopen_parent(the_plan.tracking_uri, the_plan.parent_run_id, the_plan.study.name)
         else:
-            info = tracking.reopen_parent(tracking_uri, state["parent_run_id"], study.name)
+            study = the_plan.study
+            params = {"metric": study.metric, "mode": study.mode, "epochs": the_plan.epochs,
+                      "n_trials": study.num_trials(), "cpus_per_trial": the_plan.cpu, "gpus_per_trial": the_plan.gpu,
+                      "max_failures": run.max_failures, "searcher": study.searcher, "scheduler": study.scheduler}
+            info = tracking.start_parent(the_plan.tracking_uri, the_plan.experiment, study, the_plan.run_name,
+                                         the_plan.ray_path, params)
+            the_plan = the_plan.with_parent(info.parent_run_id)
+            write_state(the_plan.storage, the_plan.run_name, the_plan.state())
         try:
-            return _fit(args, study, base_cfg, storage, run_name, tracking_uri, state, info, classifiers, cpu, gpu,
-                        ray_path)
+            yield Prepared(the_plan, classifiers, info)
         except BaseException as e:   # the parent run must not stay RUNNING when the study ends abnormally
             with contextlib.suppress(Exception):
                 tracking.end_parent(info, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -334,39 +319,42 @@ def _run_tuner(args, study: Study, base_cfg: dict, storage: str, run_name: str, 
             ray.shutdown()
 
 
-def _fit(args, study: Study, base_cfg: dict, storage: str, run_name: str, tracking_uri: str, state: dict, info,
-         classifiers: dict, cpu: float, gpu: float, ray_path: str) -> int:
+def fit(prepared: Prepared) -> int:
+    """Run (or resume) the plan's trials on Ray Tune; print and log the summary; the exit status."""
     from ray import tune
 
     from orchestration.callbacks import ProgressCallback, TrackingCallback
     from orchestration.trainable import TrialSettings, tune_trainable
 
+    the_plan, info, run = prepared.plan, prepared.tracking, prepared.plan.invocation
+    study, epochs, cpu, gpu = the_plan.study, the_plan.epochs, the_plan.cpu, the_plan.gpu
     numbered = bool(study.search)
     settings = TrialSettings(study=study.name, eval=study.eval, varying=study.varying_keys(), numbered=numbered,
-                             tracking=info, classifiers=classifiers, threads=max(1, int(cpu)))
+                             tracking=info, classifiers=prepared.classifiers, threads=max(1, int(cpu)))
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, settings=settings),
                                     {"cpu": cpu, "gpu": gpu})
-    if args.resume is not None:
+    ray_path = the_plan.ray_path
+    if the_plan.resume:
         if not tune.Tuner.can_restore(ray_path):
             raise MemeError(f"{ray_path} holds no restorable Ray Tune state (was the study interrupted before "
                             f"its first trial started?); start it again without --resume")
         tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True,
-                                   resume_errored=args.retry_errored, restart_errored=args.restart_errored)
+                                   resume_errored=run.retry_errored, restart_errored=run.restart_errored)
         print(f"{PROG}: resuming {ray_path}", flush=True)
     else:
-        callbacks = [ProgressCallback(study.name, study.num_trials(), base_cfg["epochs"], study.metric,
-                                      study.varying_keys(), numbered, enabled=not args.quiet),
-                     TrackingCallback(info, base_cfg["epochs"], study.varying_keys(), numbered)]
-        tuner = make_tuner(study, trainable, base_cfg, run_name, storage, callbacks, max_concurrent=args.max_concurrent,
-                           max_failures=args.max_failures, verbose=args.verbose)
-    print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {base_cfg['epochs']} epochs, "
-          f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {tracking_uri} (experiment "
-          f"{state['experiment']!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
+        callbacks = [ProgressCallback(study.name, study.num_trials(), epochs, study.metric,
+                                      study.varying_keys(), numbered, enabled=not run.quiet),
+                     TrackingCallback(info, epochs, study.varying_keys(), numbered)]
+        tuner = make_tuner(study, trainable, the_plan.base_config(), the_plan.run_name, the_plan.storage, callbacks,
+                           max_concurrent=run.max_concurrent, max_failures=run.max_failures, verbose=run.verbose)
+    print(f"{PROG}: study {study.name}: {study.num_trials()} trials x {epochs} epochs, "
+          f"{cpu:g} CPU / {gpu:g} GPU per trial; MLflow {the_plan.tracking_uri} (experiment "
+          f"{the_plan.experiment!r}, parent run {info.parent_run_id}); results in {ray_path}", flush=True)
     t0 = time.perf_counter()
     with stop_signals(threading.Event()) as interrupted:
         results = tuner.fit()
     wall = time.perf_counter() - t0
-    return finish(study, info, results, base_cfg["epochs"], wall, run_name, interrupted.is_set())
+    return finish(study, info, results, epochs, wall, the_plan.run_name, interrupted.is_set())
 
 
 def main(argv=None) -> int:
