@@ -1,0 +1,89 @@
+"""Two-modality runs give the numbers they gave before the data model took any number of modalities.
+
+``tests/fixtures/two_modalities.json`` was written by this file's ``--write`` on the code before that change:
+for every model (and each MMVAE estimator), one seeded epoch on generated MNIST-SVHN at f = 1/2 ("split",
+so paired, s-only and t-only batches all occur) and f = 1/4 observing SVHN only, then the evaluation. It holds
+every training and evaluation metric and the sum and absolute sum of every trained weight. A run now must
+match all of them to 1e-6 (relative), which it can only do with the same batches, the same noise, the same
+loss terms and the same gradients.
+
+    python tests/test_two_modalities_unchanged.py --write   # only on purpose: it redefines "before"
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "two_modalities.json"
+CASES = {
+    "meme": {"model": "meme"},
+    "mvae": {"model": "mvae"},
+    "mmvae_elbo": {"model": "mmvae"},
+    "mmvae_dreg": {"model": "mmvae", "mmvae_estimator": "dreg", "mmvae_samples": 3},
+    "mopoe": {"model": "mopoe"},
+    "mmjsd": {"model": "mmjsd"},
+}
+SCHEMES = {"split": {"supervision": 0.5, "observed": "split"}, "svhn_only": {"supervision": 0.25, "observed": "svhn"}}
+EVAL = {"max_test_pairs": 64, "n_latent_train": 128, "n_joint": 64, "likelihood_k": 4, "n_tsne": 0, "n_grid": 4,
+        "grid_samples": 1, "elbo": True}
+
+
+def fingerprint(synth_dir, case: str, scheme: str) -> dict:
+    import torch
+
+    from meme.config import TrainConfig
+    from meme.eval.classifiers import build_classifier
+    from meme.eval.config import EvalConfig
+    from meme.train import Trainer
+
+    cfg = TrainConfig(data_dir=str(synth_dir), download=False, max_train_pairs=256, max_test_pairs=64, batch_size=64,
+                      latent_dim=8, K=3, n_pseudo=8, epochs=1, precision="fp32", device="cpu", num_threads=1,
+                      **CASES[case], **SCHEMES[scheme])
+    threads = torch.get_num_threads()
+    try:
+        tr = Trainer(cfg)
+        metrics = tr.run_epoch()
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(123)   # judges with seeded random weights: the arithmetic of every metric, not its level
+    judges = {n: build_classifier(n).eval() for n in ("mnist", "svhn")}
+    torch.set_num_threads(1)
+    try:
+        metrics.update({f"eval_{k}": v for k, v in tr.evaluate(EvalConfig(**EVAL, seed=0), judges)[0].items()})
+    finally:
+        torch.set_num_threads(threads)
+    out = {k: float(v) for k, v in metrics.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and "per_s" not in k and "time" not in k
+           and not k.endswith("_s")}
+    for name, p in tr.model.state_dict().items():
+        if p.is_floating_point():
+            out[f"weights:{name}:sum"] = float(p.double().sum())
+            out[f"weights:{name}:abs"] = float(p.double().abs().sum())
+    return out
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("case", CASES)
+def test_a_two_modality_run_gives_the_numbers_it_gave_before(synth_dir, case, scheme):
+    before = json.loads(FIXTURE.read_text())[f"{case}/{scheme}"]
+    now = fingerprint(synth_dir, case, scheme)
+    assert sorted(now) == sorted(before), "the same metrics and weights"
+    off = {k: (now[k], v) for k, v in before.items()
+           if not math.isclose(now[k], v, rel_tol=1e-6, abs_tol=1e-6)}
+    assert not off, f"{len(off)} of {len(before)} numbers moved: {dict(list(off.items())[:8])}"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from meme.data.synthetic import write_synthetic_mnist_svhn
+
+    with tempfile.TemporaryDirectory() as d:
+        root = write_synthetic_mnist_svhn(Path(d), n_train=600, n_test=200, seed=0)
+        table = {f"{c}/{s}": fingerprint(root, c, s) for c in CASES for s in SCHEMES}
+    FIXTURE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {FIXTURE}: {len(table)} runs, {sum(map(len, table.values()))} numbers")
