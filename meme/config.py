@@ -127,7 +127,10 @@ class TrainConfig(FlatConfig):
     features_dir: str = key("", 'CUB feature store written by `meme features` ("" = <data dir>/cub/features)')
     # partial observation (paper §4.1, appendix J.2)
     supervision: float = key(1.0, 'fraction f in (0, 1] of pairs observed together')
-    observed: str = key("split", 'what the unpaired rest keeps: a modality name, or "split"')
+    observed: str = key("split", 'what the rest (not fully observed) keeps: a modality name; "split" (each keeps one '
+                        'modality, equal shares); "random" (each modality kept with probability p_observed, at least one); '
+                        'or subsets with weights, "a+b:2, c:1"')
+    p_observed: float = key(0.5, 'with observed "random": the probability each modality is kept, in (0, 1]')
     paired_only: bool = key(False, 'drop the unpaired rest (ablation J.2)')
     # networks and objective
     nets: str = key("published", "network family: published (the published MEME code's, default) | appendix_k (the paper's appendix K table)")
@@ -198,8 +201,9 @@ class TrainConfig(FlatConfig):
         spec = get_dataset(self.dataset)
         names = spec.names
         check_family(self.nets, spec.network_keys or names)
-        if self.observed not in (*names, "split"):
-            raise MemeError(f"unknown observed {self.observed!r} for dataset {self.dataset}; valid: {names[0]}, {names[1]}, split")
+        from meme.data.observation import check_observed
+
+        check_observed(self.observed, names, self.p_observed, f" for dataset {self.dataset}")
         check_choice("direction", self.direction, DIRECTIONS)
         from meme.models.mmvae import ESTIMATORS, FAMILIES
 

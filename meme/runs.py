@@ -19,7 +19,8 @@ from meme.data.paired import check_classes
 from meme.device import check_fits, resolve_device
 from meme.data.observation import Observation
 from meme.errors import MemeError
-from meme.models import build_model
+from meme.models import MODELS, build_model
+from meme.models.base import check_modality_count
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,24 @@ def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool
         raise MemeError(f"dataset {cfg.dataset!r} has {len(data)} training example{'' if cfg.max_train_pairs else ' in its table'}"
                         f"{f' (max_train_pairs={cfg.max_train_pairs})' if cfg.max_train_pairs else ''}; training needs at "
                         f"least 2 (BatchNorm and the relatedness compare examples)")
+    check_modality_count(MODELS[cfg.model], len(data.names))
     observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, cfg.paired_only,
-                                   cfg.data_seed)
+                                   cfg.data_seed, cfg.p_observed)
     check_sizes(cfg, data, observation)
     torch.manual_seed(cfg.seed)
     modalities = spec.build_modalities(cfg, data)
     check_batch_memory(cfg, modalities)
     model = build_model(cfg, modalities, data, observation)
-    if not model.learns_from_unpaired and (observation.s_only.numel() or observation.t_only.numel()):
-        if warn:
+    kept = observation.keep(model.learns_from)
+    if kept.groups.keys() != observation.groups.keys():
+        if warn and len(data.names) == 2:
             log.warning("%s cannot learn from unpaired examples: training on the %d paired examples only",
-                        cfg.model, observation.paired.numel())
-        observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, True, cfg.data_seed)
+                        cfg.model, kept.paired.numel())
+        elif warn:
+            log.warning("%s has no term for examples that observe fewer than %d modalities: training on the %d "
+                        "examples that observe more", cfg.model, model.min_observed,
+                        sum(i.numel() for i in kept.groups.values()))
+        observation = kept
     return Run(cfg, data, observation, model)
 
 
@@ -76,8 +83,7 @@ def check_sizes(cfg: TrainConfig, data: PairedData, observation: Observation) ->
     check_fits(latent * 512 * 3 * 2 * BYTES_PER_PARAMETER, f"latent_dim={latent} (its layers)", device)
     check_classes(data.labels, "the training labels", device)
     if cfg.model == "meme":
-        for m, rows in enumerate((observation.paired.numel() + observation.s_only.numel(),
-                                  observation.paired.numel() + observation.t_only.numel())):
+        for m, rows in enumerate(observation.observing(i).numel() for i in range(len(data.names))):
             if cfg.n_pseudo > max(rows, 100):
                 raise MemeError(f"n_pseudo={cfg.n_pseudo} is more than the {rows} training rows that observe "
                                 f"{data.names[m]!r}, which the pseudo-samples start from; give at most {max(rows, 100)}")

@@ -292,7 +292,7 @@ def test_mmvae_refuses_unpaired_batches_and_trains_both_decoders_on_paired_ones(
     loss.backward()
     for mod in model.mods:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
-    assert not MMVAE.learns_from_unpaired and all(MODELS[n].learns_from_unpaired for n in ("mvae", "mopoe", "mmjsd"))
+    assert MMVAE.min_observed == 2 and all(MODELS[n].min_observed == 1 for n in ("mvae", "mopoe", "mmjsd"))
 
 
 # ------------------------------------------------------------------ real training runs, config and CLI

@@ -1,4 +1,5 @@
-"""Two-modality runs give the numbers they gave before the data model took any number of modalities.
+"""Two-modality runs give the numbers they gave before the data model took any number of modalities, and a run
+written before then loads, evaluates to its numbers and resumes.
 
 ``tests/fixtures/two_modalities.json`` was written by this file's ``--write`` on the code before that change:
 for every model (and each MMVAE estimator), one seeded epoch on generated MNIST-SVHN at f = 1/2 ("split",
@@ -76,6 +77,43 @@ def test_a_two_modality_run_gives_the_numbers_it_gave_before(synth_dir, case, sc
     off = {k: (now[k], v) for k, v in before.items()
            if not math.isclose(now[k], v, rel_tol=1e-6, abs_tol=1e-6)}
     assert not off, f"{len(off)} of {len(before)} numbers moved: {dict(list(off.items())[:8])}"
+
+
+RUN = Path(__file__).parent / "fixtures" / "run_two_modalities"
+
+
+def test_a_run_written_before_m_modalities_evaluates_to_its_numbers_and_resumes(tmp_path, capsys):
+    """``fixtures/run_two_modalities``: a MEME run on a two-modality dataset file, trained 2 epochs and evaluated by
+    the code before M modalities (its checkpoint as that code wrote it). It loads, evaluates to the same metrics
+    and resumes for a third epoch."""
+    import shutil
+
+    import torch
+
+    from meme.cli import main
+
+    shutil.copytree(RUN, tmp_path / "fx")
+    data, run = tmp_path / "fx" / "data" / "data.yaml", tmp_path / "fx" / "run"
+    # the run recorded where its dataset file was; it is here now (the one change to the stored files)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["modalities"] == ["a", "b"] and state["epoch"] == 2
+    state["config"]["dataset"] = str(data)
+    torch.save(state, run / "checkpoint.pt")
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "dataset": str(data)}, indent=2) + "\n")
+
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval"), "--no-figures", "--quiet",
+                 "--seed", "0"]) == 0
+    now = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    before = json.loads((RUN / "eval_metrics.json").read_text())
+    assert sorted(now) == sorted(before)
+    assert {k: v for k, v in now.items() if not math.isclose(v, before[k], rel_tol=1e-6, abs_tol=1e-6)} == {}
+
+    assert main(["train", "--dataset", str(data), "--epochs", "3", "--batch-size", "32", "--supervision", "0.5",
+                 "--num-threads", "1", "--out", str(run), "--quiet"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3] and torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    capsys.readouterr()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

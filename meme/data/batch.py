@@ -15,10 +15,10 @@ from meme.nets.base import as_float
 log = logging.getLogger(__name__)
 
 
-def gather(data: PairedData, pairs: Tensor, observed: tuple[bool, bool], device) -> Batch:
-    """Slice one batch of pairs out of the tables (one index op per table; no per-sample Python)."""
+def gather(data: PairedData, pairs: Tensor, observed: tuple[bool, ...], device) -> Batch:
+    """Slice one batch of examples out of the tables (one index op per observed table; no per-sample Python)."""
     xs = []
-    for m in range(2):
+    for m in range(len(observed)):
         if observed[m]:
             rows = data.index[m][pairs]
             xs.append(as_float(data.tables[m][rows].to(device, non_blocking=True)))
@@ -28,8 +28,13 @@ def gather(data: PairedData, pairs: Tensor, observed: tuple[bool, bool], device)
 
 
 class BatchLoader:
-    """Yields the batches of one epoch: paired, s-only and t-only batches, shuffled and interleaved.
+    """Yields the batches of one epoch: each observation pattern's examples (``Observation.groups``, in its order)
+    shuffled and cut into batches, then all the batches shuffled together, so the patterns interleave and each
+    gets batches in proportion to its examples.
 
+    How a pattern is cut: with two modalities, into full batches and the rest (as runs always were); with more,
+    into ``ceil(n / batch_size)`` batches whose sizes differ by at most one, so a pattern's last batch is never
+    a sliver (with ``random`` observation there are up to 2^M - 1 patterns, each with its own last batch).
     The order of an epoch depends only on ``(seed, epoch)``, so a resumed run replays it exactly.
     """
 
@@ -45,19 +50,20 @@ class BatchLoader:
         self.batchnorm = batchnorm
         self._said = False
 
-    def _groups(self):
-        obs = self.observation
-        return [(obs.paired, (True, True)), (obs.s_only, (True, False)), (obs.t_only, (False, True))]
+    def cut(self, n: int) -> list[int]:
+        """The sizes of the batches a pattern of ``n`` examples is cut into."""
+        b = self.batch_size
+        if len(self.observation.names) == 2:
+            return [b] * (n // b) + ([n % b] if n % b else [])
+        k = -(-n // b)
+        return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
-    def plan(self, epoch: int) -> list[tuple[Tensor, tuple[bool, bool]]]:
+    def plan(self, epoch: int) -> list[tuple[Tensor, tuple[bool, ...]]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         chunks = []
-        for idx, observed in self._groups():
-            if idx.numel() == 0:
-                continue
+        for observed, idx in self.observation.groups.items():
             perm = idx[torch.randperm(idx.numel(), generator=g)]
-            for start in range(0, perm.numel(), self.batch_size):
-                chunk = perm[start:start + self.batch_size]
+            for chunk in perm.split(self.cut(perm.numel())):
                 if chunk.numel() == 1 and any(o and bn for o, bn in zip(observed, self.batchnorm)):
                     if not self._said:
                         log.info("a last batch of one example is left out of each epoch (BatchNorm needs two)")

@@ -1,12 +1,13 @@
-"""``PairedData``: two modality tables and the pairs between them, held in memory as tensors.
+"""``PairedData``: M >= 2 modality tables and the aligned examples across them, held in memory as tensors.
 
 Tables keep their storage dtype (uint8 images, float32 features, int64 tokens); batches are converted
-on the fly (``meme.nets.as_float``). Pair ``p`` is ``(tables[0][index[0][p]], tables[1][index[1][p]])``
+on the fly (``meme.nets.as_float``). Example ``p`` is ``(tables[0][index[0][p]], ..., tables[M-1][index[M-1][p]])``
 with label ``labels[p]`` (``-1`` where there is none). With several pairings per image the tables are
-stored once and only the index grows.
+stored once and only the index grows. (The name is from the two-modality days: a "pair" is one example.)
 
-Users bring their own two-modality data with :meth:`PairedData.from_arrays` (row i of one array pairs
-with row i of the other) or :meth:`PairedData.from_parquet` (two Parquet tables of equal length).
+Users bring their own data with :meth:`PairedData.from_arrays` (two arrays; row i of one pairs with row i of
+the other), :meth:`PairedData.from_tables` (any number of named arrays of equal length) or
+:meth:`PairedData.from_parquet` (two Parquet tables of equal length).
 """
 from __future__ import annotations
 
@@ -28,14 +29,17 @@ from meme.errors import MemeError
 
 @dataclass(frozen=True)
 class PairedData:
-    names: tuple[str, str]
-    tables: tuple[Tensor, Tensor]
-    index: tuple[Tensor, Tensor]
+    names: tuple[str, ...]
+    tables: tuple[Tensor, ...]
+    index: tuple[Tensor, ...]
     labels: Tensor
 
     def __post_init__(self):
         n = self.labels.shape[0]
-        for m in range(2):
+        if not (len(self.names) == len(self.tables) == len(self.index)) or len(self.names) < 2:
+            raise MemeError(f"{len(self.names)} names, {len(self.tables)} tables and {len(self.index)} indices: "
+                            f"give one of each per modality, at least two modalities")
+        for m in range(len(self.names)):
             if self.index[m].shape != (n,):
                 raise MemeError(f"modality {self.names[m]!r}: index has shape {tuple(self.index[m].shape)}, expected ({n},)")
             if n and int(self.index[m].max()) >= self.tables[m].shape[0]:
@@ -44,14 +48,18 @@ class PairedData:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def num_modalities(self) -> int:
+        return len(self.names)
+
     def subset(self, pairs: Tensor) -> "PairedData":
-        return PairedData(self.names, self.tables, (self.index[0][pairs], self.index[1][pairs]), self.labels[pairs])
+        return PairedData(self.names, self.tables, tuple(i[pairs] for i in self.index), self.labels[pairs])
 
     def sample(self, n: int, seed: int = 0) -> "PairedData":
-        """A seeded random subset of ``n`` pairs (all if ``n`` >= len), kept in their original order.
+        """A seeded random subset of ``n`` examples (all if ``n`` >= len), kept in their original order.
 
-        Quick runs use this rather than the first N pairs: datasets paired by label (MNIST-SVHN) or read
-        in class order (CUB) list their pairs grouped by class, so the first N pairs hold few classes.
+        Quick runs use this rather than the first N examples: datasets paired by label (MNIST-SVHN) or read
+        in class order (CUB) list their examples grouped by class, so the first N hold few classes.
         """
         if n >= len(self):
             return self
@@ -63,21 +71,33 @@ class PairedData:
                           tuple(i.to(device) for i in self.index), self.labels.to(device))
 
     def rows(self, m: int, pairs: Tensor | None = None) -> Tensor:
-        """The raw rows of modality ``m`` for ``pairs`` (all pairs by default)."""
+        """The raw rows of modality ``m`` for ``pairs`` (all examples by default)."""
         idx = self.index[m] if pairs is None else self.index[m][pairs]
         return self.tables[m][idx]
 
     @classmethod
     def from_arrays(cls, name_s: str, x_s, name_t: str, x_t, labels=None) -> "PairedData":
-        if name_s == name_t:
-            raise MemeError(f"two modalities named {name_s!r}; give each its own name")
-        xs, xt = torch.as_tensor(numeric(x_s, name_s, finite=True)), torch.as_tensor(numeric(x_t, name_t, finite=True))
-        if xs.shape[0] != xt.shape[0]:
-            raise MemeError(f"{name_s} has {xs.shape[0]} rows but {name_t} has {xt.shape[0]}; rows must pair up")
-        n = xs.shape[0]
+        """Two modalities: row i of ``x_s`` pairs with row i of ``x_t``."""
+        return cls.from_tables([(name_s, x_s), (name_t, x_t)], labels)
+
+    @classmethod
+    def from_tables(cls, tables, labels=None) -> "PairedData":
+        """Any number (>= 2) of named arrays, a dict or (name, array) pairs: row i of each is example i."""
+        items = list(tables.items()) if isinstance(tables, dict) else list(tables)
+        names = [n for n, _ in items]
+        if len(items) < 2:
+            raise MemeError(f"{len(items)} modality given ({', '.join(names) or 'none'}); give at least two")
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise MemeError(f"two modalities named {dup!r}; give each its own name")
+        xs = [torch.as_tensor(numeric(x, n, finite=True)) for n, x in items]
+        for (n, _), x in zip(items[1:], xs[1:]):
+            if x.shape[0] != xs[0].shape[0]:
+                raise MemeError(f"{names[0]} has {xs[0].shape[0]} rows but {n} has {x.shape[0]}; rows must pair up")
+        n = xs[0].shape[0]
         lab = torch.full((n,), -1, dtype=torch.long) if labels is None else class_ids(labels, n, "labels")
         ar = torch.arange(n)
-        return cls((name_s, name_t), (xs, xt), (ar, ar), lab)
+        return cls(tuple(names), tuple(xs), (ar,) * len(xs), lab)
 
     @classmethod
     def from_parquet(cls, path_s, path_t, name_s: str = "s", name_t: str = "t", column: str = "x",

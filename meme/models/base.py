@@ -1,12 +1,14 @@
 """The interface every model implements, and the little they share.
 
-    encode(x, m) -> (mu, sigma)      unimodal Gaussian posterior of modality m (a name or 0/1)
+    encode(x, m) -> (mu, sigma)      unimodal Gaussian posterior of modality m (a name or an index)
     decode(z, m) -> params           likelihood parameters of modality m (leading sample dims allowed)
     log_likelihood(x, params, m)     summed over the modality's event dims
     loss(batch) -> (loss, metrics)   scalar to minimise, and a dict of detached scalar tensors
     sample_prior(n) -> z             latents for unconditional (joint) generation
 
-A batch is paired, s-only or t-only (``meme.batch.Batch``); models branch on ``batch.observed``.
+A model takes M >= 2 modalities (``max_modalities`` bounds it where the objective is defined for fewer). A batch
+observes one pattern of them (``meme.batch.Batch``); models branch on ``batch.observed``. ``learns_from(pattern)``
+says which patterns the objective has a term for; the trainer leaves the others out.
 """
 from __future__ import annotations
 
@@ -20,23 +22,38 @@ from meme.nets.base import Modality
 
 class MultimodalModel(nn.Module):
     name: str = ""
-    #: whether the objective has a term for singly-observed examples (MMVAE does not)
-    learns_from_unpaired: bool = True
+    #: the most modalities the objective is defined for (None: any number)
+    max_modalities: int | None = None
+    #: what to say to a user whose dataset has more modalities than ``max_modalities``
+    beyond: str = ""
+    #: the fewest observed modalities of a pattern the objective has a term for (MMVAE: 2, its mixture needs two)
+    min_observed: int = 1
 
-    def __init__(self, modalities: tuple[Modality, Modality]):
+    def __init__(self, modalities):
         super().__init__()
-        if len(modalities) != 2:
-            raise MemeError(f"{self.name} takes exactly two modalities, got {len(modalities)}")
+        check_modality_count(type(self), len(modalities))
         self.mods = nn.ModuleList(modalities)
-        self.names = (modalities[0].name, modalities[1].name)
+        self.names = tuple(mod.name for mod in modalities)
         self.latent_dim = modalities[0].latent_dim
 
+    @property
+    def num_modalities(self) -> int:
+        return len(self.names)
+
+    @property
+    def learns_from_unpaired(self) -> bool:
+        """Whether any pattern short of the full one has a term (with two modalities: singly observed examples)."""
+        return self.min_observed < self.num_modalities
+
+    def learns_from(self, pattern) -> bool:
+        return sum(pattern) >= min(self.min_observed, len(pattern))
+
     def index(self, m: str | int) -> int:
-        if isinstance(m, int) and m in (0, 1):
+        if isinstance(m, int) and not isinstance(m, bool) and 0 <= m < len(self.names):
             return m
         if m in self.names:
             return self.names.index(m)
-        raise MemeError(f"unknown modality {m!r}; this model has {self.names[0]}, {self.names[1]}")
+        raise MemeError(f"unknown modality {m!r}; this model has {', '.join(self.names)}")
 
     def encode(self, x: Tensor, m: str | int) -> tuple[Tensor, Tensor]:
         return self.mods[self.index(m)].encode(x)
@@ -55,6 +72,15 @@ class MultimodalModel(nn.Module):
         return torch.randn(n, self.latent_dim, device=p.device, dtype=p.dtype)
 
     @classmethod
-    def from_config(cls, cfg, modalities: tuple[Modality, Modality], train_data, observation) -> "MultimodalModel":
+    def from_config(cls, cfg, modalities: tuple[Modality, ...], train_data, observation) -> "MultimodalModel":
         """Build from a ``meme.train.TrainConfig``; ``train_data``/``observation`` for data-initialised parts."""
         return cls(modalities)
+
+
+def check_modality_count(model: type, count: int) -> None:
+    """A model class and a dataset's number of modalities agree, or one line saying why not."""
+    if count < 2:
+        raise MemeError(f"{model.name} needs at least two modalities, got {count}")
+    if model.max_modalities is not None and count > model.max_modalities:
+        raise MemeError(f"{model.name} takes {model.max_modalities} modalities, the dataset has {count}; "
+                        f"{model.beyond or 'use mvae, mmvae, mopoe or mmjsd'}")

@@ -53,7 +53,7 @@ DIRECTIONS = ("both", "t_supervises_s", "s_supervises_t")
 def pseudo_init_rows(data, observation, m: int, n: int, seed: int, modality: Modality | None = None) -> Tensor:
     """n real training rows of modality m, taken from the examples where m is observed, as
     ``modality.pseudo_input`` makes them (default: ``as_float``)."""
-    pairs = torch.cat([observation.paired, observation.s_only if m == 0 else observation.t_only])
+    pairs = observation.observing(m)
     if pairs.numel() == 0:
         raise MemeError(f"no training example observes modality {data.names[m]!r}; cannot initialise its pseudo-samples")
     g = torch.Generator().manual_seed(seed + 17 * m)
@@ -65,6 +65,9 @@ def pseudo_init_rows(data, observation, m: int, n: int, seed: int, modality: Mod
 
 class MEME(MultimodalModel):
     name = "meme"
+    max_modalities = 2
+    beyond = ("MEME beyond two modalities (the paper's appendix E, with meme_combine) is not built yet; for now "
+              "use mvae, mmvae, mopoe or mmjsd")
 
     def __init__(self, modalities: tuple[Modality, Modality], K: int = 10, lam: float = 10.0,
                  n_pseudo: int = 100, direction: str = "both",
@@ -85,7 +88,8 @@ class MEME(MultimodalModel):
 
     @classmethod
     def from_config(cls, cfg, modalities, train_data, observation):
-        init = tuple(pseudo_init_rows(train_data, observation, m, cfg.n_pseudo, cfg.seed, modalities[m]) for m in range(2))
+        init = tuple(pseudo_init_rows(train_data, observation, m, cfg.n_pseudo, cfg.seed, modalities[m])
+                     for m in range(len(modalities)))
         return cls(modalities, K=cfg.K, lam=cfg.lam, n_pseudo=cfg.n_pseudo, direction=cfg.direction, pseudo_init=init)
 
     # ------------------------------------------------------------------ paired

@@ -52,7 +52,7 @@ class MMJSD(BetaWeightedModel):
     name = "mmjsd"
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        obs = [m for m in range(2) if batch.observed[m]]
+        obs = list(batch.present)
         post = [tuple(v.float() for v in self.mods[m].encode(batch.x[m])) for m in obs]
         mus, sigmas = torch.stack([p[0] for p in post]), torch.stack([p[1] for p in post])
         js, _, _ = js_dynamic_prior(*with_prior_expert(mus, sigmas))

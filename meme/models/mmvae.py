@@ -1,14 +1,15 @@
 r"""MMVAE: the multimodal VAE with a mixture of experts (Shi, Siddharth, Paige & Torr, NeurIPS 2019).
 
-The joint posterior is the equally weighted mixture of the M = 2 unimodal posteriors,
+The joint posterior of the observed modalities X (M of them) is the equally weighted mixture of their unimodal
+posteriors,
 
 .. math::
 
-    q(z|X) = \tfrac1M \sum_{m} q(z|x_m),
+    q(z|X) = \tfrac1M \sum_{x_m \in X} q(z|x_m),
 
 and every term is estimated with **stratified sampling over the modalities**: K samples are drawn from
 each unimodal posterior (never from the mixture as a whole), and each sample is scored against all
-decoders. With :math:`w_{mk} = p(z_{mk})\prod_d p(x_d|z_{mk}) / q(z_{mk}|X)`,
+decoders of X. With :math:`w_{mk} = p(z_{mk})\prod_{x_d \in X} p(x_d|z_{mk}) / q(z_{mk}|X)`,
 :math:`z_{mk} \sim q(z|x_m)` (reparameterised):
 
 .. math::
@@ -33,12 +34,15 @@ or ``laplace`` (the original MMVAE: :math:`q(z|x_m) = \mathrm{Laplace}(\mu_m, \s
 is used as the scale; the MMVAE code instead uses a softmax-scaled scale that sums to L over dimensions.
 ``encode(x, m)`` returns the unimodal posterior's (location, scale); ``sample_prior`` samples p(z).
 
-**A missing modality.** MMVAE's objective has no term for a singly observed example: it cannot learn
-from unpaired data (MEME paper Table 1). ``learns_from_unpaired = False``: with f < 1 the trainer trains
-on the paired part only, logs a warning and records it in the run's metadata. ``loss`` refuses an
-unpaired batch.
+**A missing modality.** The mixture runs over the observed modalities, and so do the decoders: an example
+observing X gets the objective of X, and a missing modality's encoder and decoder get no gradient. A singly
+observed example has no term: its "mixture" is one unimodal VAE, with no cross-modal part, so MMVAE cannot
+learn from unpaired data (MEME paper Table 1). ``min_observed = 2``: the trainer leaves out the examples that
+observe fewer than two modalities (with two modalities: trains on the paired part only), logs a warning and
+records it in the run's metadata (``learns_from_unpaired``). ``loss`` refuses a batch of one modality.
 
-The loss returned is the negative batch mean. Noise: one draw of shape (M, K, B, L), modality-major.
+The loss returned is the negative batch mean. Noise: one draw of shape (M, K, B, L), modality-major, M the
+observed modalities.
 """
 from __future__ import annotations
 
@@ -77,7 +81,7 @@ ESTIMATORS = ("elbo", "iwae", "dreg")
 
 class MMVAE(MultimodalModel):
     name = "mmvae"
-    learns_from_unpaired = False
+    min_observed = 2
 
     def __init__(self, modalities: tuple[Modality, Modality], posterior: str = "gaussian",
                  estimator: str = "elbo", K: int = 1):
@@ -101,12 +105,14 @@ class MMVAE(MultimodalModel):
         p = next(self.parameters())
         return self.noise((n, self.latent_dim), torch.empty(0, device=p.device, dtype=p.dtype))
 
-    def log_weights(self, x: tuple[Tensor, Tensor], detach_q: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """log w_{mk} (M, K, B), the per-term means for the metrics, and the samples z (M, K, B, L).
+    def log_weights(self, x: tuple[Tensor | None, ...], detach_q: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """log w_{mk} (M, K, B), the per-term means for the metrics, and the samples z (M, K, B, L), over the
+        M observed modalities of ``x`` (``None`` for a missing one).
 
         ``detach_q``: the densities q(z|x_j) inside w see the encoders' outputs detached (DReG).
         """
-        post = [tuple(v.float() for v in self.mods[m].encode(x[m])) for m in range(2)]
+        obs = [m for m in range(len(x)) if x[m] is not None]
+        post = [tuple(v.float() for v in self.mods[m].encode(x[m])) for m in obs]
         mu, scale = torch.stack([p[0] for p in post]), torch.stack([p[1] for p in post])  # (M, B, L)
         M, B, L = mu.shape
         z = mu.unsqueeze(1) + scale.unsqueeze(1) * self.noise((M, self.K, B, L), mu)  # (M, K, B, L)
@@ -115,16 +121,19 @@ class MMVAE(MultimodalModel):
         log_q = mixture_log_prob(torch.stack([self.log_prob(z, qmu[j], qscale[j]) for j in range(M)]))
         log_p = self.log_prior(z)
         # each decoder scores all M*K samples in one call: (M, K, B) per modality
-        recon = [self.mods[d].log_likelihood(x[d], self.mods[d].decode(z)).float() for d in range(2)]
-        lw = log_p + recon[0] + recon[1] - log_q
+        recon = [self.mods[d].log_likelihood(x[d], self.mods[d].decode(z)).float() for d in obs]
+        lw = log_p
+        for r in recon:
+            lw = lw + r
+        lw = lw - log_q
         terms = {"log_pz": log_p.mean(), "log_qz_x": log_q.mean()}
-        for m in range(M):
-            for d in range(2):
-                terms[f"recon_{self.names[d]}_from_{self.names[m]}"] = recon[d][m].mean()
+        for i, m in enumerate(obs):
+            for j, d in enumerate(obs):
+                terms[f"recon_{self.names[d]}_from_{self.names[m]}"] = recon[j][i].mean()
         return lw, terms, z
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        if batch.observed != (True, True):
+        if sum(batch.observed) < 2:
             raise MemeError("MMVAE has no objective for singly observed examples; train it on paired data "
                             "(the trainer does so automatically)")
         lw, metrics, z = self.log_weights(batch.x, detach_q=self.estimator == "dreg")

@@ -7,10 +7,12 @@ Gaussian experts :math:`\tilde q(z|X_S)`, and the joint posterior is their equal
 
     q(z|X) = \frac{1}{|\mathcal P(X)|} \sum_{X_S \in \mathcal P(X)} \tilde q(z|X_S), \qquad
     \tilde q(z|X_S) = \begin{cases} q(z|x_m) & X_S = \{x_m\} \\
-        \mathrm{PoE}(p(z), q(z|x_s), q(z|x_t)) & X_S = \{x_s, x_t\} \end{cases}
+        \mathrm{PoE}\big(p(z), \{q(z|x_m)\}_{x_m \in X_S}\big) & |X_S| \ge 2 \end{cases}
 
-As in the published code, the prior expert :math:`p(z) = \mathcal N(0, I)` joins the product of the full
-set of modalities only; a single-modality subset is that modality's encoder as it is. The objective
+The prior expert :math:`p(z) = \mathcal N(0, I)` joins every product of two or more experts; a single-modality
+subset is that modality's encoder as it is. (With two modalities that is the published code's rule: the prior
+expert joins the product of the full set only.) The subsets come in a fixed order: by size, then with the
+earlier modalities first, so the full set is last. The objective
 (with the mixture's KL replaced by its upper bound, the mean of the components' KLs, as in the paper):
 
 .. math::
@@ -19,8 +21,9 @@ set of modalities only; a single-modality subset is that modality's encoder as i
         - \frac{\beta}{|\mathcal P(X)|} \sum_{X_S \in \mathcal P(X)} \mathrm{KL}(\tilde q(z|X_S) \,\|\, p(z)).
 
 z is drawn from the mixture by splitting the batch into equal blocks, one per subset
-(``meme.models.experts.select_components``): for a paired batch of B examples about B/3 reconstruct
-from :math:`q(z|s)`, B/3 from :math:`q(z|t)` and B/3 from the joint product.
+(``meme.models.experts.select_components``): for a paired two-modality batch of B examples about B/3
+reconstruct from :math:`q(z|s)`, B/3 from :math:`q(z|t)` and B/3 from the joint product; with five observed
+modalities, B/31 per subset.
 
 **A missing modality.** The powerset runs over the observed modalities: for an s-only example it is
 :math:`\{\{s\}\}`, the mixture is :math:`q(z|x_s)` and :math:`\mathcal L(s) = \mathbb E_{q(z|x_s)}[\log p(s|z)]
@@ -30,6 +33,8 @@ from :math:`q(z|s)`, B/3 from :math:`q(z|t)` and B/3 from the joint product.
 The loss returned is the negative batch mean.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import Tensor
@@ -42,13 +47,15 @@ class MoPoE(BetaWeightedModel):
     name = "mopoe"
 
     def subset_posteriors(self, x) -> dict[tuple[int, ...], tuple[Tensor, Tensor]]:
-        """(mu, sigma) of the product of every non-empty subset of the observed modalities, in fp32."""
-        obs = [m for m in range(2) if x[m] is not None]
+        """(mu, sigma) of the product of every non-empty subset of the observed modalities, in fp32, in the
+        subsets' order (by size, then the earlier modalities first)."""
+        obs = [m for m in range(len(x)) if x[m] is not None]
         post = {(m,): tuple(v.float() for v in self.mods[m].encode(x[m])) for m in obs}
-        if len(obs) == 2:
-            mus, sigmas = with_prior_expert(torch.stack([post[(0,)][0], post[(1,)][0]]),
-                                            torch.stack([post[(0,)][1], post[(1,)][1]]))
-            post[(0, 1)] = poe(mus, sigmas)
+        for size in range(2, len(obs) + 1):
+            for S in itertools.combinations(obs, size):
+                mus, sigmas = with_prior_expert(torch.stack([post[(m,)][0] for m in S]),
+                                                torch.stack([post[(m,)][1] for m in S]))
+                post[S] = poe(mus, sigmas)
         return post
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -58,7 +65,7 @@ class MoPoE(BetaWeightedModel):
         z = mu + sigma * torch.randn_like(mu)
         metrics = {}
         recon = 0.0
-        for m in range(2):
+        for m in range(len(batch.observed)):
             if batch.observed[m]:
                 r = self.mods[m].log_likelihood(batch.x[m], self.mods[m].decode(z)).float()
                 metrics[f"recon_{self.names[m]}"] = r.mean()

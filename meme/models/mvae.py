@@ -15,20 +15,25 @@ a Gaussian with precision :math:`1 + \sum_{m\in S} \sigma_m^{-2}` and the precis
     \mathrm{ELBO}(X_S) = \mathbb E_{q(z|X_S)} \Big[\sum_{m \in S} \log p(x_m|z)\Big]
         - \beta\, \mathrm{KL}(q(z|X_S) \,\|\, p(z)).
 
-**Sub-sampled training objective** (paper §3): for a paired example, the joint ELBO plus each
-single-modality ELBO,
+**Sub-sampled training objective** (paper §3): for an example observing the set X of modalities, the ELBO of
+all of X plus each single-modality ELBO,
 
 .. math::
 
-    \mathcal L(s, t) = \mathrm{ELBO}(s, t) + \mathrm{ELBO}(s) + \mathrm{ELBO}(t).
+    \mathcal L(X) = \mathrm{ELBO}(X) + \sum_{x_m \in X} \mathrm{ELBO}(x_m)
+    \qquad (\text{two modalities: } \mathcal L(s, t) = \mathrm{ELBO}(s, t) + \mathrm{ELBO}(s) + \mathrm{ELBO}(t)),
 
-**A missing modality** (partial observation, MEME paper Table 1 "(✓)"): the product runs over the
-observed experts only, :math:`\mathcal L(s) = \mathrm{ELBO}(s)` for an s-only example. The missing
-modality's encoder and decoder do not enter the loss and get no gradient.
+and :math:`\mathcal L(x_m) = \mathrm{ELBO}(x_m)` when X is one modality. (Wu & Goodman also add the ELBOs of a
+few random subsets for M > 2; the terms here are the deterministic part of their objective, which for two
+modalities is all of it.)
+
+**A missing modality** (partial observation, MEME paper Table 1 "(✓)"): the product and the sums run over
+the observed experts only. A missing modality's encoder and decoder do not enter the loss and get no gradient.
 
 ``encode(x, m)`` returns MVAE's unimodal posterior :math:`q(z|x_m) \propto p(z)\,\tilde q(z|x_m)` (the
 expert combined with the prior expert, as used for cross-generation), not the bare expert.
-The loss returned is the negative batch mean. Noise is drawn in the order of the terms: joint, s, t.
+The loss returned is the negative batch mean. Noise is drawn in the order of the terms: all of X, then each
+modality alone in order (two modalities: joint, s, t).
 """
 from __future__ import annotations
 
@@ -42,9 +47,9 @@ from meme.models.experts import BetaWeightedModel, kl_to_standard_normal, poe, w
 class MVAE(BetaWeightedModel):
     name = "mvae"
 
-    def experts(self, x: tuple[Tensor | None, Tensor | None]) -> dict[int, tuple[Tensor, Tensor]]:
+    def experts(self, x: tuple[Tensor | None, ...]) -> dict[int, tuple[Tensor, Tensor]]:
         """The unimodal experts (mu, sigma) of the observed modalities, in fp32."""
-        return {m: tuple(v.float() for v in self.mods[m].encode(x[m])) for m in range(2) if x[m] is not None}
+        return {m: tuple(v.float() for v in self.mods[m].encode(x[m])) for m in range(len(x)) if x[m] is not None}
 
     def posterior(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """q(z|X_S): the product of the prior expert and the given experts."""
@@ -57,8 +62,8 @@ class MVAE(BetaWeightedModel):
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         experts = self.experts(batch.x)
-        # the subsets whose ELBOs are summed: (s, t), (s), (t) for a paired batch; the observed one otherwise
-        subsets = [tuple(experts)] + ([(0,), (1,)] if len(experts) == 2 else [])
+        # the subsets whose ELBOs are summed: all observed, then each alone ((s, t), (s), (t) for a paired batch)
+        subsets = [tuple(experts)] + ([(m,) for m in experts] if len(experts) > 1 else [])
         posts = {S: self.posterior([experts[m] for m in S]) for S in subsets}
         z = {S: mu + sigma * torch.randn_like(mu) for S, (mu, sigma) in posts.items()}
         # one decoder call per observed modality, over every subset that contains it

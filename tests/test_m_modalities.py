@@ -1,0 +1,261 @@
+"""M >= 2 modalities: the observation schemes, the batches they make, and each baseline's objective against a
+literal reference written term by term (torch.distributions, loops over subsets) for M = 2 and M = 3, full and
+partial patterns: the loss and every gradient, and exactly zero gradient for a missing modality."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.distributions import Laplace, Normal, kl_divergence
+
+from meme.batch import Batch
+from meme.data.batch import BatchLoader
+from meme.data.observation import Observation, make_observation, shares
+from meme.data.paired import PairedData
+from meme.errors import MemeError
+from meme.models import MMJSD, MMVAE, MVAE, MoPoE
+from meme.models.experts import component_of
+from meme.models.meme import MEME
+from meme.nets.shaped import VectorModality
+
+L = 4
+DIMS = (5, 7, 3)
+
+
+# ------------------------------------------------------------------ observation schemes
+def test_split_gives_each_modality_an_equal_share_and_subsets_share_by_weight_exactly():
+    names = ("a", "b", "c")
+    obs = make_observation(100, 0.25, "split", names, seed=3)
+    assert obs.paired.numel() == 25
+    assert [obs.of(p).numel() for p in ((True, False, False), (False, True, False), (False, False, True))] == [25, 25, 25]
+    obs = make_observation(100, 0.1, "a+b:2, c:1", names, seed=3)
+    assert (obs.paired.numel(), obs.of((True, True, False)).numel(), obs.of((False, False, True)).numel()) == (10, 60, 30)
+    # 7 left for weights 1, 1, 1: 3, 2, 2 (the remainder to the earlier subset)
+    assert shares(7, [1, 1, 1]) == [3, 2, 2] and shares(10, [2, 1]) == [7, 3] and shares(5, [0, 1]) == [0, 5]
+    mask = obs.mask(100)
+    assert mask.sum(0).tolist() == [70, 70, 40] and mask.any(1).all()   # every example once, each observes something
+    assert Observation.from_mask(names, mask).groups.keys() == obs.groups.keys()
+    for p, idx in Observation.from_mask(names, mask).groups.items():
+        assert torch.equal(idx, obs.of(p))
+    # the patterns in their fixed order: the full one first, then by size, earlier modalities first
+    assert list(obs.groups) == [(True, True, True), (True, True, False), (False, False, True)]
+    assert obs.counts() == {"paired": 10, "observed_a+b": 60, "observed_c": 30}
+
+
+def test_two_modality_schemes_are_what_they_always_were():
+    names = ("s", "t")
+    for observed in ("split", "s", "t"):
+        obs = make_observation(11, 3 / 11, observed, names, seed=5)
+        perm = torch.randperm(11, generator=torch.Generator().manual_seed(5))
+        rest = perm[3:]
+        assert torch.equal(obs.paired, perm[:3].sort().values)
+        s_only = {"split": rest[:4], "s": rest, "t": rest[:0]}[observed].sort().values
+        t_only = {"split": rest[4:], "s": rest[:0], "t": rest}[observed].sort().values
+        assert torch.equal(obs.s_only, s_only) and torch.equal(obs.t_only, t_only)
+        assert obs.counts() == {"paired": 3, "s_only": s_only.numel(), "t_only": t_only.numel()}
+
+
+def test_random_observation_keeps_each_modality_with_its_probability_and_never_none():
+    names = tuple("abcde")
+    obs = make_observation(20_000, 0.5, "random", names, seed=0, p_observed=0.3)
+    mask = obs.mask(20_000)
+    rest = mask[~mask.all(1)]
+    assert mask.any(1).all() and len(obs.groups) == 31
+    # P(kept | at least one kept) = p / (1 - (1 - p)^5)
+    expected = 0.3 / (1 - 0.7 ** 5)
+    full_rest = (mask.all(1).sum() - 10_000).item()   # the rest's draws that kept all five
+    kept = (rest.float().sum(0) + full_rest) / 10_000
+    assert torch.allclose(kept, torch.full((5,), expected), atol=0.02)
+    again = make_observation(20_000, 0.5, "random", names, seed=0, p_observed=0.3)
+    assert all(torch.equal(again.of(p), idx) for p, idx in obs.groups.items())
+
+
+@pytest.mark.parametrize("observed, p, message", [
+    ("a+x", 0.5, "observed 'a+x': unknown modality 'x'; valid: a, b, c, split, random, or subsets with weights"),
+    ("x", 0.5, "unknown observed 'x'; valid: a, b, c, split, random"),
+    ("random", 0.0, "p_observed=0.0 is outside (0, 1]"),
+    ("random", 1.5, "p_observed=1.5 is outside (0, 1]"),
+    ("a:0, b:0", 0.5, "observed 'a:0, b:0': the subset weights sum to 0; they must sum to a positive number"),
+    ("a:-1, b", 0.5, "weight -1 of 'a' must be a finite number >= 0"),
+    ("a:x", 0.5, "weight 'x' of 'a' is not a number"),
+    ("a+a", 0.5, "subset 'a+a' names a modality twice"),
+    ("a,,b", 0.5, "an empty subset"),
+])
+def test_a_bad_observation_scheme_is_named_with_what_is_valid(observed, p, message):
+    with pytest.raises(MemeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        make_observation(10, 0.5, observed, ("a", "b", "c"), p_observed=p)
+
+
+def test_batches_follow_pattern_sizes_without_slivers_and_cover_every_example_once():
+    names = ("a", "b", "c")
+    data = PairedData.from_tables({n: torch.rand(203, d) for n, d in zip(names, DIMS)}, torch.arange(203) % 10)
+    obs = make_observation(203, 0.5, "a+b:3, c:1", names, seed=1)
+    loader = BatchLoader(data, obs, 32, seed=4)
+    plan = loader.plan(1)
+    seen = torch.cat([idx for idx, _ in plan])
+    assert sorted(seen.tolist()) == list(range(203))
+    for pattern, idx in obs.groups.items():
+        sizes = [b.numel() for b, p in plan if p == pattern]
+        assert len(sizes) == math.ceil(idx.numel() / 32) and max(sizes) - min(sizes) <= 1   # 102 -> 4 x 25/26
+    assert [p for _, p in plan] != sorted((p for _, p in plan), key=str)   # the patterns interleave
+    assert all(torch.equal(a, b) and p == q for (a, p), (b, q) in zip(plan, loader.plan(1)))
+    batch = next(loader.epoch(1))
+    assert len(batch.x) == 3 and all((x is None) != o for x, o in zip(batch.x, batch.observed))
+
+
+# ------------------------------------------------------------------ the baselines against literal references
+def models_for(cls, M, seed=0, **kw):
+    torch.manual_seed(seed)
+    mods = tuple(VectorModality(L, shape=(DIMS[m],), name=f"m{m}", hidden=[16]) for m in range(M))
+    return cls(mods, **kw)
+
+
+def data_for(M, B):
+    g = torch.Generator().manual_seed(2)
+    return [torch.rand(B, DIMS[m], generator=g) for m in range(M)], torch.arange(B) % 10
+
+
+def batch_of(xs, y, observed):
+    return Batch(tuple(x if o else None for x, o in zip(xs, observed)), tuple(observed), y)
+
+
+def log_lik(model, m, x, z):
+    """log p(x_m | z), literally: Laplace(decoder(z), scale 1), summed over the features."""
+    return Laplace(model.mods[m].decode(z), 1.0).log_prob(x).sum(-1)
+
+
+def expert(model, m, x):
+    mu, sigma = model.mods[m].encode(x)
+    return mu, sigma
+
+
+def product(experts, prior: bool):
+    """A product of Gaussian experts, literally: precisions add, the mean is precision-weighted."""
+    precision = sum(s ** -2 for _, s in experts) + (1.0 if prior else 0.0)
+    mean = sum(m * s ** -2 for m, s in experts) / precision
+    return mean, precision ** -0.5
+
+
+def kl_std(mu, sigma):
+    return kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(sigma))).sum(-1)
+
+
+def ref_mvae(model, xs, obs, beta):
+    """ELBO(all observed) + each observed alone; noise in that order."""
+    e = {m: expert(model, m, xs[m]) for m in obs}
+    subsets = [tuple(obs)] + ([(m,) for m in obs] if len(obs) > 1 else [])
+    total = 0
+    for S in subsets:
+        mu, sig = product([e[m] for m in S], prior=True)
+        z = mu + sig * torch.randn_like(mu)
+        total = total + sum(log_lik(model, m, xs[m], z) for m in S) - beta * kl_std(mu, sig)
+    return -total.mean()
+
+
+def ref_mopoe(model, xs, obs, beta):
+    """A mixture over every non-empty subset of the observed (singletons bare, products with the prior expert);
+    example blocks by subset; the mean of the subsets' KLs."""
+    e = {m: expert(model, m, xs[m]) for m in obs}
+    subsets = [S for k in range(1, len(obs) + 1) for S in itertools.combinations(obs, k)]
+    post = [e[S[0]] if len(S) == 1 else product([e[m] for m in S], prior=True) for S in subsets]
+    B = xs[obs[0]].shape[0]
+    comp = component_of(B, len(subsets))
+    mu = torch.stack([post[c][0][i] for i, c in enumerate(comp.tolist())])
+    sig = torch.stack([post[c][1][i] for i, c in enumerate(comp.tolist())])
+    z = mu + sig * torch.randn_like(mu)
+    kl = sum(kl_std(*p) for p in post) / len(post)
+    return -(sum(log_lik(model, m, xs[m], z) for m in obs) - beta * kl).mean()
+
+
+def ref_mmjsd(model, xs, obs, beta):
+    """JS among the observed experts and N(0, I), uniform weights, towards their weighted geometric mean."""
+    dists = [Normal(*expert(model, m, xs[m])) for m in obs]
+    dists.append(Normal(torch.zeros_like(dists[0].loc), torch.ones_like(dists[0].scale)))
+    n = len(dists)
+    precision = sum(d.scale ** -2 / n for d in dists)
+    p_f = Normal(sum(d.loc * d.scale ** -2 / n for d in dists) / precision, precision ** -0.5)
+    js = sum(kl_divergence(d, p_f).sum(-1) for d in dists) / n
+    B = xs[obs[0]].shape[0]
+    comp = component_of(B, len(obs)).tolist()
+    mu = torch.stack([dists[c].loc[i] for i, c in enumerate(comp)])
+    sig = torch.stack([dists[c].scale[i] for i, c in enumerate(comp)])
+    z = mu + sig * torch.randn_like(mu)
+    return -(sum(log_lik(model, m, xs[m], z) for m in obs) - beta * js).mean()
+
+
+def ref_mmvae(model, xs, obs, K, estimator):
+    """K samples from each observed expert, scored by the prior, every observed decoder and the mixture."""
+    q = [Normal(*expert(model, m, xs[m])) for m in obs]
+    B = xs[obs[0]].shape[0]
+    eps = torch.randn(len(obs), K, B, L)
+    rows = []
+    for i in range(len(obs)):
+        per_k = []
+        for k in range(K):
+            z = q[i].loc + q[i].scale * eps[i, k]
+            log_q = torch.logsumexp(torch.stack([d.log_prob(z).sum(-1) for d in q]), 0) - math.log(len(obs))
+            log_p = Normal(0.0, 1.0).log_prob(z).sum(-1)
+            per_k.append(log_p + sum(log_lik(model, m, xs[m], z) for m in obs) - log_q)
+        rows.append(torch.stack(per_k))
+    lw = torch.stack(rows)
+    per_modality = lw.mean(1) if estimator == "elbo" else torch.logsumexp(lw, 1) - math.log(K)
+    return -per_modality.mean(0).mean()
+
+
+CASES = {
+    "mvae": (MVAE, {"beta": 0.7}, lambda m, xs, obs: ref_mvae(m, xs, obs, 0.7)),
+    "mopoe": (MoPoE, {"beta": 1.5}, lambda m, xs, obs: ref_mopoe(m, xs, obs, 1.5)),
+    "mmjsd": (MMJSD, {"beta": 2.0}, lambda m, xs, obs: ref_mmjsd(m, xs, obs, 2.0)),
+    "mmvae_elbo": (MMVAE, {"K": 2}, lambda m, xs, obs: ref_mmvae(m, xs, obs, 2, "elbo")),
+    "mmvae_iwae": (MMVAE, {"K": 3, "estimator": "iwae"}, lambda m, xs, obs: ref_mmvae(m, xs, obs, 3, "iwae")),
+}
+PATTERNS = [(True, True), (True, False), (False, True), (True, True, True), (True, True, False), (True, False, True),
+            (False, True, True), (False, True, False)]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: "".join("1" if o else "0" for o in p))
+@pytest.mark.parametrize("case", CASES)
+def test_each_baseline_equals_its_literal_reference_in_loss_and_every_gradient(case, pattern):
+    cls, kw, reference = CASES[case]
+    M, obs = len(pattern), [m for m, o in enumerate(pattern) if o]
+    if cls is MMVAE and len(obs) < 2:
+        pytest.skip("MMVAE has no term for one modality (tested below)")
+    model = models_for(cls, M, **kw)
+    xs, y = data_for(M, 14)   # 14 examples: every one of the 7 subsets of three gets two in MoPoE
+    params = [p for p in model.parameters()]
+    torch.manual_seed(5)
+    loss, _ = model.loss(batch_of(xs, y, pattern))
+    g_fast = torch.autograd.grad(loss, params, allow_unused=True)
+    torch.manual_seed(5)
+    ref = reference(model, xs, obs)
+    g_ref = torch.autograd.grad(ref, params, allow_unused=True)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), g_fast, g_ref):
+        if b is None:
+            assert a is None or not a.any(), name
+        else:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, b.abs().max().item())), name
+    for m in range(M):   # a missing modality's encoder and decoder get exactly zero gradient
+        grads = [g for (name, _), g in zip(model.named_parameters(), g_fast) if name.startswith(f"mods.{m}.")]
+        if m in obs:
+            assert any(g is not None and g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None or not g.any() for g in grads), f"modality {m} is missing but learns"
+
+
+def test_mmvae_learns_from_patterns_of_two_or_more_and_refuses_one():
+    model = models_for(MMVAE, 3)
+    assert [model.learns_from(p) for p in ((True, False, False), (True, True, False), (True, True, True))] == \
+        [False, True, True]
+    assert model.learns_from_unpaired and not models_for(MMVAE, 2).learns_from_unpaired
+    xs, y = data_for(3, 6)
+    with pytest.raises(MemeError, match="no objective for singly observed examples"):
+        model.loss(batch_of(xs, y, (False, True, False)))
+
+
+def test_meme_refuses_more_than_two_modalities_naming_the_feature_that_is_not_built_yet():
+    with pytest.raises(MemeError, match=r"meme takes 2 modalities, the dataset has 3; MEME beyond two modalities "
+                                        r"\(the paper's appendix E, with meme_combine\) is not built yet"):
+        models_for(MEME, 3)
