@@ -116,7 +116,7 @@ VECTOR_OUTPUT_CHOICES = ("auto", "linear")
 class TrainConfig(FlatConfig):
     # what to train
     model: str = key("meme", 'meme | mvae | mmvae | mopoe | mmjsd')
-    dataset: str = key("mnist_svhn", 'mnist_svhn | cub | a dataset file (path/to/data.yaml: your own two modalities)')
+    dataset: str = key("mnist_svhn", 'mnist_svhn | cub | a dataset file (path/to/data.yaml: your own modalities, two or more)')
     # data
     data_dir: str = key("", '"" = $MEME_DATA_DIR or ~/.cache/meme')
     download: bool = key(True, 'download missing MNIST/SVHN files (--no-download: fail instead)')

@@ -259,3 +259,142 @@ def test_meme_refuses_more_than_two_modalities_naming_the_feature_that_is_not_bu
     with pytest.raises(MemeError, match=r"meme takes 2 modalities, the dataset has 3; MEME beyond two modalities "
                                         r"\(the paper's appendix E, with meme_combine\) is not built yet"):
         models_for(MEME, 3)
+
+
+# ------------------------------------------------------------------ evaluation with M modalities
+def test_coherence_given_a_subset_is_the_fused_posterior_decoded_and_judged():
+    """``subset_coherence`` against a literal loop: MVAE's product with the prior expert and MMVAE's mixture
+    (a component drawn per example), decoded into each target outside S and judged."""
+    from meme.eval.coherence import subset_coherence
+
+    names = ("m0", "m1", "m2")
+    data = PairedData.from_tables({n: torch.rand(40, d) for n, d in zip(names, DIMS)}, torch.arange(40) % 3)
+    pairs = torch.arange(40)
+    torch.manual_seed(1)
+    judges = {m: torch.nn.Linear(DIMS[m], 3) for m in range(3)}
+    for cls in (MVAE, MMVAE):
+        model = models_for(cls, 3).eval()
+        torch.manual_seed(9)
+        got = subset_coherence(model, data, pairs, [(0, 1), (0, 2), (1, 2)], judges, 64, "cpu")
+        torch.manual_seed(9)
+        xs = [data.tables[m] for m in range(3)]
+        with torch.no_grad():
+            for S in [(0, 1), (0, 2), (1, 2)]:
+                bare = [model.mods[m].encode(xs[m]) for m in S]
+                if cls is MVAE:
+                    mu, sig = product(bare, prior=True)
+                else:
+                    pick = torch.randint(2, (40,))
+                    mu = torch.where((pick == 0)[:, None], bare[0][0], bare[1][0])
+                    sig = torch.where((pick == 0)[:, None], bare[0][1], bare[1][1])
+                z = mu + sig * torch.randn_like(mu)
+                (t,) = [m for m in range(3) if m not in S]
+                want = (judges[t](model.mods[t].decode(z)).argmax(-1) == data.labels).float().mean().item()
+                assert got[(S, t)] == pytest.approx(want, abs=1e-6), (cls.name, S)   # a count over 40, in float32 or not
+
+
+def three_modalities(d, n_train=240, n_test=60, rows=None, names=("a", "b", "c"), dup=False):
+    """A dataset file of three vector modalities whose rows show their class (4 classes)."""
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    centres = [g.random((4, k)) for k in DIMS]
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = g.integers(0, 4, n)
+        for i, (name, c) in enumerate(zip(names, centres)):
+            k = (rows or {}).get((name, split), n)
+            x = np.clip(c[y[:k]] + 0.1 * g.standard_normal((k, c.shape[1])), 0, 1).astype(np.float32)
+            np.savez(d / f"{name}_{split}.npz", x=x, label=y[:k])
+    mods = "".join(f"  - {{name: {'a' if dup and i == 1 else name}, train: {name}_train.npz, test: {name}_test.npz, "
+                   f"networks: {{hidden: [16], scale: 0.05}}}}\n" for i, name in enumerate(names))
+    (d / "data.yaml").write_text(f"labels: label\nlatent_dim: 4\nmodalities:\n{mods}")
+    return d / "data.yaml"
+
+
+@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd"])
+def test_every_baseline_trains_and_evaluates_on_a_three_modality_dataset_file(tmp_path, capsys, model):
+    import json
+
+    from meme.cli import main
+
+    data = three_modalities(tmp_path / "d")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(data), "--model", model, "--epochs", "2", "--batch-size", "32",
+                 "--supervision", "0.5", "--observed", "random", "--p-observed", "0.6", "--out", str(out),
+                 "--quiet"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    counts = {k: v for k, v in meta.items() if k.startswith("n_") and k != "n_parameters"}
+    assert counts["n_paired"] >= 120 and {"n_observed_a+b", "n_observed_b+c"} <= set(counts)
+    if model == "mmvae":   # no term for one modality: those examples are left out
+        assert not any(f"n_observed_{m}" in meta for m in "abc") and sum(counts.values()) < 240
+    else:
+        assert {"n_observed_a", "n_observed_c"} <= set(counts) and sum(counts.values()) == 240
+    assert main(["eval", "--checkpoint", str(out), "--out", str(tmp_path / "ev"), "--quiet", "--no-figures",
+                 "--likelihood-k", "4"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    table = json.loads((tmp_path / "ev" / "coherence.json").read_text())
+    assert sorted(table) == sorted(["a->b", "a->c", "b->a", "b->c", "c->a", "c->b", "a+b->c", "a+c->b", "b+c->a"])
+    assert m["coherence_given_2"] == pytest.approx((table["a+b->c"] + table["a+c->b"] + table["b+c->a"]) / 3)
+    assert m["coherence_given_1"] == pytest.approx(m["coherence_cross_mean"]) == pytest.approx(
+        sum(v for k, v in table.items() if "+" not in k) / 6)
+    assert m["coherence_given_2_to_c"] == pytest.approx(table["a+b->c"])
+    for key in ("latent_acc_a", "latent_acc_b", "latent_acc_c", "latent_acc_joint", "coherence_joint",
+                "w2_gap", "w2_gap_a_b", "w2_gap_a_c", "w2_gap_b_c", "loglik_a_given_b", "loglik_c_given_rest",
+                "loglik_given_1", "loglik_given_2", "elbo_test"):
+        assert key in m and math.isfinite(m[key]), key
+    assert m["w2_gap"] == pytest.approx((m["w2_gap_a_b"] + m["w2_gap_a_c"] + m["w2_gap_b_c"]) / 3)
+    assert m["latent_acc_joint"] > 0.5   # the classes are separable: the probe on the joint posterior sees them
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------ bad input
+def _md5s(root):
+    import hashlib
+
+    return {p: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case, argv, words", [
+    ("one", [], ["modalities: must be a list of two or more modalities"]),
+    ("dup", [], ["modalities[1].name: 'a' is the name of modalities[0] too; each modality needs its own name"]),
+    ("rows", [], ["a_train.npz has 240 rows but", "b_train.npz has 200;", "the train tables need equal row counts"]),
+    ("ok", ["--observed", "a+x"], ["observed 'a+x': unknown modality 'x'; valid: a, b, c, split, random"]),
+    ("ok", ["--observed", "random", "--p-observed", "0"], ["p_observed=0.0 is outside (0, 1]"]),
+    ("ok", ["--observed", "random", "--p-observed", "1.2"], ["p_observed=1.2 is outside (0, 1]"]),
+    ("ok", ["--observed", "a:0,b+c:0"], ["the subset weights sum to 0; they must sum to a positive number"]),
+    ("ok", ["--model", "meme"], ["meme takes 2 modalities, the dataset has 3", "appendix E"]),
+])
+def test_bad_m_modality_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, argv, words):
+    from meme.cli import main
+
+    d = tmp_path / "d"
+    if case == "one":
+        data = three_modalities(d)
+        data.write_text("labels: label\nmodalities:\n  - {name: a, train: a_train.npz, test: a_test.npz}\n")
+    else:
+        data = three_modalities(d, rows={("b", "train"): 200} if case == "rows" else None, dup=case == "dup")
+    before = _md5s(tmp_path)
+    code = main(["train", "--dataset", str(data), "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("meme: error: ") and all(w in err for w in words), err
+    assert _md5s(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_a_study_metric_beyond_the_subsets_is_refused_naming_the_most(tmp_path, capsys):
+    from orchestration import sweep
+
+    data = three_modalities(tmp_path / "d")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"description: x\nmetric: coherence_given_3\nmode: max\nepochs: 1\nbase: {{dataset: {data}, "
+                     f"model: mvae}}\n")
+    before = _md5s(tmp_path)
+    assert sweep.main(["--study", str(study), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"sweep.py: error: {study}: metric: unknown metric 'coherence_given_3': the dataset "
+                                f"has 3 modalities, so coherence is given 1 to 2 of them; valid: coherence_given_1, "
+                                f"coherence_given_2"]
+    assert _md5s(tmp_path) == before
+    study.write_text(study.read_text().replace("given_3", "given_2"))
+    assert sweep.main(["--study", str(study), "--dry-run"]) == 0

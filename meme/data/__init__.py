@@ -33,7 +33,7 @@ class DatasetSpec:
 
 
 def registry_modalities(cfg, train_data):
-    """The two modalities' networks from the config's family (``cfg.nets``); sigma_floor 0 = the family's own."""
+    """The modalities' networks from the config's family (``cfg.nets``); sigma_floor 0 = the family's own."""
     return tuple(
         modality_class(cfg.nets, name)(latent_dim=cfg.latent_dim or DEFAULT_LATENT_DIM, sigma_floor=cfg.sigma_floor or None,
                                        llik_scale=cfg.llik_scale)

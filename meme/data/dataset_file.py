@@ -1,4 +1,4 @@
-"""Your own two modalities, described by a small dataset file (YAML or JSON).
+"""Your own modalities (two or more), described by a small dataset file (YAML or JSON).
 
 ```yaml
 name: digits_halves          # optional (default: the file's stem)
@@ -16,8 +16,8 @@ modalities:
     test: bottom_test.npy
 ```
 
-* Row i of one modality's table pairs with row i of the other's (per split), so the tables of a split
-  have equal row counts, and where both carry labels they agree.
+* Any number (two or more) of modalities, each with its own name. Row i of each modality's table is example i
+  (per split), so the tables of a split have equal row counts, and where several carry labels they agree.
 * **Kinds**, inferred when left out: rows of rank 2 or 3 are images ((H, W) is read as (1, H, W));
   rank-1 rows of integers (other than uint8) are tokens; other rank-1 rows are vectors. Images are uint8
   (0..255) or floats in [0, 1]. Tokens are integer ids in 0..vocab-1 (``vocab``: default the largest id
@@ -58,6 +58,7 @@ NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale")
 #: the ``networks`` keys each kind's builder (``meme.nets.shaped``) takes
 NETWORK_KEYS_BY_KIND = {"image": NETWORK_KEYS, "vector": ("hidden", "likelihood", "scale"), "tokens": ("hidden",)}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+RESERVED = ("split", "random")   # the observation schemes that are not a modality
 
 
 def is_dataset_file(name: str) -> bool:
@@ -100,13 +101,13 @@ class Resolved:
 class DatasetFile:
     path: Path
     name: str
-    modalities: tuple[ModalityEntry, ModalityEntry]
+    modalities: tuple[ModalityEntry, ...]
     labels: str | None = None
     latent_dim: int | None = None
 
     @property
-    def names(self) -> tuple[str, str]:
-        return (self.modalities[0].name, self.modalities[1].name)
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
 
     @property
     def network_keys(self) -> tuple[str, ...]:
@@ -118,7 +119,7 @@ class DatasetFile:
     def load(self, split: str) -> PairedData:
         return self._loaded()[0][split]
 
-    def resolved(self) -> tuple[Resolved, Resolved]:
+    def resolved(self) -> tuple[Resolved, ...]:
         return self._loaded()[1]
 
     def _loaded(self):
@@ -129,7 +130,7 @@ class DatasetFile:
         return _LOADED[key]
 
     def build_modalities(self, cfg, train_data=None):
-        """The two modalities' networks, chosen by kind from the config's family (``cfg.nets``)."""
+        """The modalities' networks, chosen by kind from the config's family (``cfg.nets``)."""
         from meme.nets import DEFAULT_LATENT_DIM, modality_class
 
         latent = cfg.latent_dim or self.latent_dim or DEFAULT_LATENT_DIM
@@ -212,16 +213,20 @@ def parse_dataset(doc, path: Path) -> DatasetFile:
     if latent is not None:
         positive_int("latent_dim", latent)
     mods = doc["modalities"]
-    if not isinstance(mods, list) or len(mods) != 2:
-        fail("modalities", f"must be a list of exactly two modalities, got {mods!r}"[:300])
+    if not isinstance(mods, list) or len(mods) < 2:
+        fail("modalities", f"must be a list of two or more modalities, got {mods!r}"[:300])
     entries = []
     for i, m in enumerate(mods):
         key = f"modalities[{i}]"
         m = mapping(key, m, MODALITY_KEYS, ("name", "train", "test"))
         mname = m["name"]
-        if not isinstance(mname, str) or not _NAME.match(mname) or mname == "split":
+        if not isinstance(mname, str) or not _NAME.match(mname) or mname in RESERVED:
             fail(f"{key}.name", f"{mname!r} must start with a letter and use only letters, digits and '_' "
-                                f"(and not be 'split')")
+                                f"(and not be {' or '.join(map(repr, RESERVED))})")
+        earlier = [e.name for e in entries]
+        if mname in earlier:
+            fail(f"{key}.name", f"{mname!r} is the name of modalities[{earlier.index(mname)}] too; each modality "
+                                f"needs its own name")
         tables = {}
         for split in ("train", "test"):
             v = m[split]
@@ -265,9 +270,7 @@ def parse_dataset(doc, path: Path) -> DatasetFile:
                 fail(f"{key}.networks.scale", f"must be a number > 0, got {s!r}")
             nets["scale"] = float(s)
         entries.append(ModalityEntry(mname, tables["train"], tables["test"], column, kind, vocab, pad, nets))
-    if entries[0].name == entries[1].name:
-        fail("modalities[1].name", f"{entries[1].name!r} is the name of modalities[0] too; the two need different names")
-    return DatasetFile(path, name.strip(), (entries[0], entries[1]), labels, latent)
+    return DatasetFile(path, name.strip(), tuple(entries), labels, latent)
 
 
 # ------------------------------------------------------------------ tables
@@ -388,25 +391,32 @@ def load_tables(ds: DatasetFile):
         resolved.append(Resolved(kinds["train"], tuple(splits["train"][m].shape[1:]), vocab, unit))
     data = {}
     for split in ("train", "test"):
-        (xa, xb), (la, lb) = splits[split], labels[split]
-        ea, eb = (e.table(split) for e in ds.modalities)
-        if len(xa) != len(xb):
-            raise MemeError(f"{ea} has {len(xa)} rows but {eb} has {len(xb)}; row i of one pairs with row i of "
-                            f"the other, so the {split} tables need equal row counts")
-        if la is not None and lb is not None and not torch.equal(la, lb):
-            bad = int((la != lb).nonzero()[0])
-            raise MemeError(f"{ea} and {eb} disagree on labels column {ds.labels!r} at row {bad}: "
-                            f"{int(la[bad])} vs {int(lb[bad])}; paired rows must carry the same label")
-        lab = la if la is not None else lb
+        xs, labs = splits[split], labels[split]
+        paths = [e.table(split) for e in ds.modalities]
+        for m in range(1, len(xs)):
+            if len(xs[m]) != len(xs[0]):
+                raise MemeError(f"{paths[0]} has {len(xs[0])} rows but {paths[m]} has {len(xs[m])}; row i of each "
+                                f"table is example i, so the {split} tables need equal row counts")
+        carrying = [m for m in range(len(xs)) if labs[m] is not None]
+        for m in carrying[1:]:
+            a, b = carrying[0], m
+            if not torch.equal(labs[a], labs[b]):
+                bad = int((labs[a] != labs[b]).nonzero()[0])
+                raise MemeError(f"{paths[a]} and {paths[b]} disagree on labels column {ds.labels!r} at row {bad}: "
+                                f"{int(labs[a][bad])} vs {int(labs[b][bad])}; paired rows must carry the same label")
+        lab = labs[carrying[0]] if carrying else None
+        where = paths[carrying[0]] if carrying else None
         if lab is not None:
-            check_classes(lab, f"{ea if la is not None else eb}: column {ds.labels!r}", torch.device("cpu"))
+            check_classes(lab, f"{where}: column {ds.labels!r}", torch.device("cpu"))
         if ds.labels and lab is None:
-            raise MemeError(f"{ds.path}: labels: column {ds.labels!r} is in neither {ea.name} nor {eb.name}")
+            where_not = (f"neither {paths[0].name} nor {paths[1].name}" if len(paths) == 2 else
+                         f"none of {', '.join(p.name for p in paths)}")
+            raise MemeError(f"{ds.path}: labels: column {ds.labels!r} is in {where_not}")
         if lab is not None and len(lab) and int(lab.min()) < 0:
             bad = int((lab < 0).nonzero()[0])
-            raise MemeError(f"{ea if la is not None else eb}: column {ds.labels!r}: row {bad} holds {int(lab[bad])}; "
+            raise MemeError(f"{where}: column {ds.labels!r}: row {bad} holds {int(lab[bad])}; "
                             f"labels are class ids 0..C-1")
-        data[split] = PairedData.from_arrays(ds.names[0], xa, ds.names[1], xb, lab)
+        data[split] = PairedData.from_tables(list(zip(ds.names, xs)), lab)
     if not len(data["train"]) or not len(data["test"]):
         empty = "train" if not len(data["train"]) else "test"
         raise MemeError(f"{ds.modalities[0].table(empty)}: the {empty} table has no rows")

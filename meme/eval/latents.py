@@ -15,30 +15,41 @@ from meme.errors import MemeError
 @dataclass(frozen=True)
 class Encoded:
     """Per modality, the unimodal posteriors ``N(mu[m], sigma[m]^2)`` of the pairs ``pairs`` of a dataset (on CPU)."""
-    mu: tuple[Tensor, Tensor]
-    sigma: tuple[Tensor, Tensor]
+    mu: tuple[Tensor, ...]
+    sigma: tuple[Tensor, ...]
     labels: Tensor
     #: the row of modality 0's table behind each pair (the shared object, e.g. the image of an image-caption pair)
     rows: Tensor
+    #: the mean of the posterior given all the modalities (``model.fuse``), where asked for
+    joint_mu: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def pair(self, a: int, b: int) -> "Encoded":
+        """Modalities a and b as modalities 0 and 1 (what the two-modality measures such as W2 take)."""
+        return Encoded((self.mu[a], self.mu[b]), (self.sigma[a], self.sigma[b]), self.labels, self.rows)
+
 
 @torch.no_grad()
-def encode_pairs(model, data: PairedData, pairs: Tensor, batch_size: int, device) -> Encoded:
-    """Encode both modalities of ``pairs`` with the model's unimodal encoders, batch by batch."""
-    mus, sigmas = ([], []), ([], [])
+def encode_pairs(model, data: PairedData, pairs: Tensor, batch_size: int, device, joint: bool = False) -> Encoded:
+    """Encode every modality of ``pairs`` with the model's unimodal encoders, batch by batch (``joint``: also the
+    mean of the posterior given all of them)."""
+    M = len(data.names)
+    mus, sigmas, joints = tuple([] for _ in range(M)), tuple([] for _ in range(M)), []
     for start in range(0, pairs.numel(), batch_size):
-        batch = gather(data, pairs[start:start + batch_size], (True, True), device)
-        for m in range(2):
+        batch = gather(data, pairs[start:start + batch_size], (True,) * M, device)
+        for m in range(M):
             mu, sigma = model.encode(batch.x[m], m)
             mus[m].append(mu.float().cpu())
             sigmas[m].append(sigma.float().cpu())
+        if joint:
+            fused_mu, _ = model.fuse([model.expert(batch.x[m], m) for m in range(M)])
+            joints.append(fused_mu.mean(0).float().cpu())
     if not mus[0]:
         raise MemeError("cannot encode an empty set of pairs")
     return Encoded(tuple(torch.cat(v) for v in mus), tuple(torch.cat(v) for v in sigmas), data.labels[pairs].cpu(),
-                   data.index[0][pairs].cpu())
+                   data.index[0][pairs].cpu(), torch.cat(joints) if joint else None)
 
 
 def has_labels(labels: Tensor) -> bool:

@@ -52,7 +52,7 @@ def cross_generation_grid(path, inputs: Tensor, outputs: Tensor, src: str, dst: 
     return _save(fig, path)
 
 
-def tsne_figure(path, points: np.ndarray, labels: np.ndarray, modality: np.ndarray, names: tuple[str, str],
+def tsne_figure(path, points: np.ndarray, labels: np.ndarray, modality: np.ndarray, names: tuple[str, ...],
                 seed: int = 0) -> Path:
     """t-SNE of latents, two panels: coloured by label, and by modality."""
     from sklearn.manifold import TSNE
@@ -71,7 +71,7 @@ def tsne_figure(path, points: np.ndarray, labels: np.ndarray, modality: np.ndarr
     else:
         axes[0].scatter(emb[:, 0], emb[:, 1], s=4, color="gray")
     axes[0].set_title("t-SNE of latent means, by label")
-    for m, colour in ((0, "tab:blue"), (1, "tab:orange")):
+    for m, colour in enumerate(f"C{i % 10}" for i in range(len(names))):   # tab:blue, tab:orange, ...
         sel = modality == m
         axes[1].scatter(emb[sel, 0], emb[sel, 1], s=4, color=colour, label=names[m], alpha=0.6)
     axes[1].legend(markerscale=3)

@@ -1,6 +1,7 @@
 """``evaluate``: the whole evaluation of one model, as flat float metrics plus figure files."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ from meme.data.batch import gather
 from meme.data.paired import PairedData
 from meme.errors import MemeError
 from meme.eval import plots
-from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample
+from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample, subset_coherence
 from meme.eval.config import MAX_LABEL_CLASSES, EvalConfig
 from meme.eval.latents import Encoded, encode_pairs, has_labels, latent_accuracy
 from meme.eval.likelihood import conditional_log_likelihoods, test_objective
@@ -48,7 +49,7 @@ def _check_inputs(model, train_data, test_data, classifiers) -> None:
     unknown = sorted(set(classifiers) - set(model.names))
     if unknown:
         raise MemeError(f"classifiers for {', '.join(map(repr, unknown))} do not match the model's modalities "
-                        f"{model.names[0]!r}, {model.names[1]!r}")
+                        f"{', '.join(map(repr, model.names))}")
 
 
 def evaluate(model, train_data: PairedData | None, test_data: PairedData, classifiers: dict[str, nn.Module],
@@ -108,6 +109,7 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
         timings[f"{name}_cpu"] = time.process_time() - c0
         bar.update(1)
 
+    M = len(names)
     with stage("encode"):
         enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device)
 
@@ -115,19 +117,14 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
         for name, clf in classifiers.items():  # how far the judges themselves can be trusted
             if getattr(clf, "test_accuracy", None) is not None:
                 metrics[f"classifier_acc_{name}"] = float(clf.test_accuracy)
+        coherence_table = {}
         if has_labels(enc.labels):
-            for a, b in ((0, 1), (1, 0)):
-                if names[b] in classifiers:
-                    metrics[f"coherence_{names[a]}_to_{names[b]}"] = cross_coherence(
-                        model, enc, a, b, classifiers[names[b]], cfg.batch_size, device, cfg.use_mean)
-            cross = [metrics[k] for k in (f"coherence_{names[0]}_to_{names[1]}", f"coherence_{names[1]}_to_{names[0]}")
-                     if k in metrics]
-            if len(cross) == 2:   # one number to rank runs by: the mean of the two directions
-                metrics["coherence_cross_mean"] = sum(cross) / 2
+            found, coherence_table = _coherence(model, test_data, test_pairs, enc, classifiers, cfg, device)
+            metrics.update(found)
 
     with stage("joint_coherence"):
         if cfg.n_joint and all(n in classifiers for n in names):
-            metrics["coherence_joint"] = joint_coherence(model, (classifiers[names[0]], classifiers[names[1]]),
+            metrics["coherence_joint"] = joint_coherence(model, tuple(classifiers[n] for n in names),
                                                          cfg.n_joint, cfg.batch_size)
 
     with stage("latent_probe"):
@@ -135,17 +132,29 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
             train_pairs = torch.randperm(len(train_data), generator=g)
             if cfg.n_latent_train:
                 train_pairs = train_pairs[:cfg.n_latent_train]
-            enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device)
-            for m in range(2):
+            enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device, joint=True)
+            joint_test = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device, joint=True).joint_mu
+            train_y, test_y = enc_train.labels.numpy(), enc.labels.numpy()
+            for m in range(M):
                 metrics[f"latent_acc_{names[m]}"] = latent_accuracy(
-                    enc_train.mu[m].numpy(), enc_train.labels.numpy(), enc.mu[m].numpy(), enc.labels.numpy(), cfg.seed)
+                    enc_train.mu[m].numpy(), train_y, enc.mu[m].numpy(), test_y, cfg.seed)
+            metrics["latent_acc_joint"] = latent_accuracy(enc_train.joint_mu.numpy(), train_y, joint_test.numpy(),
+                                                          test_y, cfg.seed)
 
     with stage("relatedness"):
         by = cfg.related_by
         if by == "auto":
             by = "label" if has_labels(enc.labels) and int(enc.labels.max()) < MAX_LABEL_CLASSES else "pair"
-        rel = relatedness(enc, cfg.batch_size, by)
-        metrics.update(rel.summary())
+        rel = relatedness(enc, cfg.batch_size, by)   # modalities 0 and 1: the figures' pair
+        if M == 2:
+            metrics.update(rel.summary())
+        else:   # every pair: each as w2_<name>_<a>_<b>, and the mean over the pairs under the two-modality names
+            per_pair = {(a, b): (rel if (a, b) == (0, 1) else relatedness(enc.pair(a, b), cfg.batch_size, by)).summary()
+                        for a, b in itertools.combinations(range(M), 2)}
+            for (a, b), summary in per_pair.items():
+                metrics.update({f"{k}_{names[a]}_{names[b]}": v for k, v in summary.items()})
+            for k in next(iter(per_pair.values())):
+                metrics[k] = float(np.mean([s[k] for s in per_pair.values()]))
 
     with stage("likelihood"):
         if cfg.likelihood_k:
@@ -160,6 +169,9 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
     with stage("figures"):
         if out is not None:
             files.append(_write_relatedness(out, rel, names))
+            if M > 2 and coherence_table:
+                (out / "coherence.json").write_text(json.dumps(coherence_table, indent=1) + "\n")
+                files.append(out / "coherence.json")
         if figures:
             files += _figures(model, test_data, test_pairs, enc, rel, cfg, device, out)
     bar.close()
@@ -168,6 +180,37 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
     if bad:
         log.warning("non-finite evaluation metrics: %s", ", ".join(bad))
     return metrics, files
+
+
+def _coherence(model, test_data, test_pairs, enc: Encoded, classifiers, cfg: EvalConfig,
+               device) -> tuple[dict[str, float], dict[str, float]]:
+    """Conditional coherence for every non-empty proper subset S and target t outside S that has a classifier
+    (``meme.eval.coherence``): ``coherence_<a>_to_<b>`` for |S| = 1, ``coherence_given_<k>`` (the mean over the
+    subsets of size k and their targets), ``coherence_given_<k>_to_<t>`` per target where M > 2, and
+    ``coherence_cross_mean`` (the mean over |S| = 1); and the whole table, "S->t": coherence (``coherence.json``)."""
+    names, M = model.names, len(model.names)
+    out, table = {}, {}
+    for a, b in itertools.permutations(range(M), 2):   # |S| = 1, from the encodings at hand
+        if names[b] in classifiers:
+            table[((a,), b)] = out[f"coherence_{names[a]}_to_{names[b]}"] = cross_coherence(
+                model, enc, a, b, classifiers[names[b]], cfg.batch_size, device, cfg.use_mean)
+    larger = [S for k in range(2, M) for S in itertools.combinations(range(M), k)]
+    if larger:
+        judges = {m: classifiers[n] for m, n in enumerate(names) if n in classifiers}
+        table.update(subset_coherence(model, test_data, test_pairs, larger, judges, cfg.batch_size, device,
+                                      cfg.use_mean))
+    singles = [v for (S, _), v in table.items() if len(S) == 1]
+    if len(singles) == M * (M - 1):   # one number to rank runs by: the mean over every direction
+        out["coherence_cross_mean"] = sum(singles) / len(singles)
+    for k in range(1, M):
+        cells = {key: v for key, v in table.items() if len(key[0]) == k}
+        if cells:
+            out[f"coherence_given_{k}"] = sum(cells.values()) / len(cells)
+            if M > 2:
+                for t in sorted({t for _, t in cells}):
+                    vals = [v for (_, tt), v in cells.items() if tt == t]
+                    out[f"coherence_given_{k}_to_{names[t]}"] = sum(vals) / len(vals)
+    return out, {"+".join(names[m] for m in S) + f"->{names[t]}": v for (S, t), v in table.items()}
 
 
 def _write_relatedness(out: Path, rel: Relatedness, names) -> Path:
@@ -196,19 +239,20 @@ def _figures(model, test_data, test_pairs, enc: Encoded, rel: Relatedness, cfg: 
     files = []
     g = torch.Generator().manual_seed(cfg.seed + 1)
     pick = plots.pick_grid_examples(enc.labels, cfg.n_grid, g)
-    batch = gather(test_data, test_pairs[pick], (True, True), device)
-    for a, b in ((0, 1), (1, 0)):
+    M = len(names)
+    batch = gather(test_data, test_pairs[pick], (True,) * M, device)
+    for a, b in ((a, b) for a, b in itertools.permutations(range(M), 2) if 0 in (a, b)):   # into and out of the first
         mu, sigma = enc.mu[a][pick].to(device), enc.sigma[a][pick].to(device)
         outputs = torch.stack([model.decode(latent_sample(mu, sigma, False), b).float() for _ in range(cfg.grid_samples)])
         if plots.is_image(batch.x[a]) and plots.is_image(outputs[0]):
             files.append(plots.cross_generation_grid(out / f"cross_{names[a]}_to_{names[b]}.png", batch.x[a],
                                                      outputs, names[a], names[b], enc.labels[pick]))
     if cfg.n_tsne >= 10:
-        n = min(cfg.n_tsne // 2, len(enc))
+        n = min(cfg.n_tsne // M, len(enc))
         sel = torch.randperm(len(enc), generator=g)[:n]
-        points = torch.cat([enc.mu[0][sel], enc.mu[1][sel]]).numpy()
-        labels = torch.cat([enc.labels[sel], enc.labels[sel]]).numpy()
-        modality = np.repeat([0, 1], n)
+        points = torch.cat([enc.mu[m][sel] for m in range(M)]).numpy()
+        labels = torch.cat([enc.labels[sel]] * M).numpy()
+        modality = np.repeat(np.arange(M), n)
         files.append(plots.tsne_figure(out / "tsne.png", points, labels, modality, names, cfg.seed))
     if rel.related.size and rel.unrelated.size:
         files.append(plots.w2_histogram(out / "w2_histogram.png", rel.related, rel.unrelated, names,

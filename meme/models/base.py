@@ -5,6 +5,9 @@
     log_likelihood(x, params, m)     summed over the modality's event dims
     loss(batch) -> (loss, metrics)   scalar to minimise, and a dict of detached scalar tensors
     sample_prior(n) -> z             latents for unconditional (joint) generation
+    expert(x, m), fuse(experts)      the posterior given any subset S of the modalities (evaluation):
+                                     ``fuse`` of the ``expert`` of each modality in S, as an equally
+                                     weighted mixture of C Gaussian components stacked (C, B, L)
 
 A model takes M >= 2 modalities (``max_modalities`` bounds it where the objective is defined for fewer). A batch
 observes one pattern of them (``meme.batch.Batch``); models branch on ``batch.observed``. ``learns_from(pattern)``
@@ -66,6 +69,32 @@ class MultimodalModel(nn.Module):
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    # ----------------------------------------------------- the posterior given a subset of the modalities
+    def expert(self, x: Tensor, m: str | int) -> tuple[Tensor, Tensor]:
+        """Modality m's factor of the posterior given a subset (fp32). Default: its unimodal posterior ``encode``."""
+        return tuple(v.float() for v in self.encode(x, m))
+
+    def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The posterior given a subset from its modalities' ``expert``s, as (mus, sigmas) of shape (C, B, L): an
+        equally weighted mixture of C components (C = 1: one distribution). Default: the mixture of the experts,
+        the joint posterior of MMVAE and mmJSD (products override it: MVAE, MoPoE)."""
+        return torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts])
+
+    def latent_noise(self, like: Tensor) -> Tensor:
+        """Standard noise of the posterior family (Gaussian by default)."""
+        return torch.randn_like(like)
+
+    def sample_fused(self, mus: Tensor, sigmas: Tensor, use_mean: bool = False) -> Tensor:
+        """z from a fused posterior (``fuse``): each example draws its component uniformly, then z from it (its
+        location with ``use_mean``)."""
+        if mus.shape[0] == 1:
+            mu, sigma = mus[0], sigmas[0]
+        else:
+            pick = torch.randint(mus.shape[0], (mus.shape[1],), device=mus.device)
+            rows = torch.arange(mus.shape[1], device=mus.device)
+            mu, sigma = mus[pick, rows], sigmas[pick, rows]
+        return mu if use_mean else mu + sigma * self.latent_noise(mu)
 
     def sample_prior(self, n: int) -> Tensor:
         p = next(self.parameters())

@@ -97,6 +97,9 @@ class MMVAE(MultimodalModel):
     def from_config(cls, cfg, modalities, train_data, observation):
         return cls(modalities, posterior=cfg.mmvae_posterior, estimator=cfg.mmvae_estimator, K=cfg.mmvae_samples)
 
+    def latent_noise(self, like: Tensor) -> Tensor:
+        return self.noise(like.shape, like)
+
     def log_prior(self, z: Tensor) -> Tensor:
         zero, one = torch.zeros_like(z), torch.ones_like(z)
         return self.log_prob(z, zero, one)

@@ -58,6 +58,14 @@ class MoPoE(BetaWeightedModel):
                 post[S] = poe(mus, sigmas)
         return post
 
+    def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The posterior given a subset S: its own component of the mixture, q~(z|X_S) (the encoder for one
+        modality; the product with the prior expert for more), as the published code generates from a subset."""
+        if len(experts) == 1:
+            return experts[0][0].unsqueeze(0), experts[0][1].unsqueeze(0)
+        mu, sigma = poe(*with_prior_expert(torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts])))
+        return mu.unsqueeze(0), sigma.unsqueeze(0)
+
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         post = self.subset_posteriors(batch.x)
         mu, sigma = select_components(torch.stack([p[0] for p in post.values()]),

@@ -60,6 +60,15 @@ class MVAE(BetaWeightedModel):
         """MVAE's unimodal posterior q(z|x_m): expert m combined with the prior expert."""
         return self.posterior([self.mods[self.index(m)].encode(x)])
 
+    def expert(self, x: Tensor, m: str | int) -> tuple[Tensor, Tensor]:
+        """The bare expert of modality m (no prior expert: ``fuse`` adds it once)."""
+        return tuple(v.float() for v in self.mods[self.index(m)].encode(x))
+
+    def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """q(z|X_S): the product of the prior expert and the experts of S (one component)."""
+        mu, sigma = self.posterior(experts)
+        return mu.unsqueeze(0), sigma.unsqueeze(0)
+
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         experts = self.experts(batch.x)
         # the subsets whose ELBOs are summed: all observed, then each alone ((s, t), (s), (t) for a paired batch)

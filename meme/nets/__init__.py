@@ -6,7 +6,7 @@
   ``models/networks.py``), which produced the paper's tables;
 * ``appendix_k``: the networks of the paper's appendix K table.
 
-Every model (MEME and the baselines) builds its two modalities from the same family, like for like.
+Every model (MEME and the baselines) builds its modalities from the same family, like for like.
 Each family also has networks by kind (``image``, ``vector``, ``tokens``: ``meme.nets.shaped``), sized
 from the rows' shape, for datasets described by a file.
 Runs written before the family was a config key were trained with ``appendix_k``
