@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from meme.errors import MemeError
-from meme.paths import check_dir_target
+from meme.paths import check_dir_target, check_existing_dir
 
 log = logging.getLogger("meme")
 
@@ -47,17 +47,23 @@ def cmd_data(args) -> int:
     from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
 
     root = resolve_data_dir(args.data_dir)
-    if args.what != "mnist-views" or not args.no_download:  # mnist-views --no-download only reads it
+    writes_out = ("mnist-views", "polymnist")
+    reads_only = args.what in writes_out and (args.no_download or args.from_release)
+    if not reads_only:  # mnist-views and polymnist with --no-download (or a release) only read the data dir
         check_dir_target(root, "--data-dir")
     for flag, n in (("--n-train", args.n_train), ("--n-test", args.n_test)):
         if n is not None and args.what in ("download", "mnist-views"):
-            raise MemeError(f"{flag} applies to svhn-standin and synthetic, not to {args.what}")
+            raise MemeError(f"{flag} applies to svhn-standin, synthetic and polymnist, not to {args.what}")
         if n is not None and n < 10:
             raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
-    if args.force and args.what not in ("svhn-standin", "synthetic"):
-        raise MemeError(f"--force applies to svhn-standin and synthetic, not to {args.what}")
-    if (args.out is not None) != (args.what == "mnist-views"):
-        raise MemeError("--out goes with mnist-views (where to write its tables), and only with it")
+    if args.force and args.what not in ("svhn-standin", "synthetic", "polymnist"):
+        raise MemeError(f"--force applies to svhn-standin, synthetic and polymnist, not to {args.what}")
+    if (args.out is not None) != (args.what in writes_out):
+        raise MemeError("--out goes with mnist-views and polymnist (where to write their tables), and only with them")
+    if args.from_release and args.what != "polymnist":
+        raise MemeError(f"--from-release goes with polymnist, not {args.what}")
+    if args.from_release and (args.n_train or args.n_test):
+        raise MemeError("--n-train and --n-test build PolyMNIST from MNIST; a release (--from-release) is read whole")
     if args.what == "download":
         for split in ("train", "test"):
             x, _ = load_mnist(root, split, download=True)
@@ -73,6 +79,14 @@ def cmd_data(args) -> int:
 
         for p in write_mnist_views(root, check_dir_target(args.out, "--out"), download=not args.no_download):
             print(f"wrote {p}")
+    elif args.what == "polymnist":
+        from meme.data.polymnist import write_polymnist
+
+        release = args.from_release and check_existing_dir(args.from_release, "--from-release")
+        written = write_polymnist(check_dir_target(args.out, "--out"), root, args.n_train, args.n_test, args.seed,
+                                  release=release, download=not args.no_download, force=args.force)
+        if written:
+            print(f"wrote PolyMNIST into {written[-1].parent}: train with --dataset {written[-1]}")
     elif args.what == "synthetic":
         write_synthetic_mnist_svhn(root, n_train=args.n_train or 600, n_test=args.n_test or 200, seed=args.seed,
                                    force=args.force)
@@ -103,17 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
         "stand-in (same files and sizes as SVHN) for machines without SVHN. synthetic: a tiny generated "
         "MNIST-format + SVHN-format dataset for tests and first tries. mnist-views: two views of real MNIST "
         "(top halves as images, bottom halves as vectors) written into --out as your own data would be: Parquet and "
-        "NumPy tables, a dataset file (data.yaml) and a four-trial study (study.yaml)."))
-    d.add_argument("what", choices=["download", "svhn-standin", "synthetic", "mnist-views"])
-    d.add_argument("--out", default=None, help="mnist-views: the folder to write the tables, data.yaml and study.yaml")
-    d.add_argument("--no-download", action="store_true", help="mnist-views: fail instead of downloading MNIST")
+        "NumPy tables, a dataset file (data.yaml) and a four-trial study (study.yaml). polymnist: PolyMNIST's five "
+        "modalities (MNIST digits over crops of five background photos, the published recipe) built from MNIST, or "
+        "converted from the official release (--from-release), into --out: tables and a dataset file (polymnist.yaml)."))
+    d.add_argument("what", choices=["download", "svhn-standin", "synthetic", "mnist-views", "polymnist"])
+    d.add_argument("--out", default=None, help="mnist-views and polymnist: the folder to write the tables and the "
+                   "dataset file")
+    d.add_argument("--no-download", action="store_true", help="mnist-views and polymnist: fail instead of downloading MNIST")
+    d.add_argument("--from-release", default=None, metavar="DIR", help="polymnist: the official PolyMNIST release "
+                   "(DIR/train/m0..m4/<index>.<label>.png and DIR/test/...) instead of building it from MNIST")
     d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
     d.add_argument("--n-train", type=int, default=None, help="generated training examples, at least 10 "
-                   "(default: 600 for synthetic, SVHN's 73,257 for svhn-standin)")
+                   "(default: 600 for synthetic, SVHN's 73,257 for svhn-standin, MNIST's 60,000 for polymnist)")
     d.add_argument("--n-test", type=int, default=None, help="generated test examples, at least 10 "
-                   "(default: 200 for synthetic, SVHN's 26,032 for svhn-standin)")
+                   "(default: 200 for synthetic, SVHN's 26,032 for svhn-standin, MNIST's 10,000 for polymnist)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--force", action="store_true", help="svhn-standin and synthetic: replace files in the data dir that "
+    d.add_argument("--force", action="store_true", help="svhn-standin, synthetic and polymnist: replace files that "
                    "they did not write (by default those are refused, and nothing is written)")
     d.set_defaults(func=cmd_data)
 

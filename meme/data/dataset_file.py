@@ -23,9 +23,10 @@ modalities:
   (0..255) or floats in [0, 1]. Tokens are integer ids in 0..vocab-1 (``vocab``: default the largest id
   in train and test plus one; ``pad``: the padding id, default 0, ``null`` for none).
 * ``networks`` (per modality): ``hidden`` (MLP widths), ``channels`` (the first conv's width, images),
-  ``likelihood`` (``laplace`` or ``gaussian``, images and vectors) and ``scale`` (its fixed scale; default
-  the run's ``llik_scale``; images and vectors); a key the modality's kind does not take is an error, not
-  ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``. A vector modality's decoder
+  ``likelihood`` (``laplace`` or ``gaussian``, images and vectors), ``scale`` (its fixed scale; default
+  the run's ``llik_scale``; images and vectors) and ``preset`` (named networks for images of their shape:
+  ``polymnist``, the published PolyMNIST networks under ``nets: published``, ``meme.nets.polymnist``); a key
+  the modality's kind does not take is an error, not ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``. A vector modality's decoder
   output follows its values (``Resolved.unit_range``, the run's ``vector_output``): a sigmoid where all of
   them lie in [0, 1], else standardised rows (the training table's per-feature statistics).
 
@@ -54,9 +55,11 @@ FILE_SUFFIXES = (".yaml", ".yml", ".json")
 TABLE_SUFFIXES = (".parquet", ".pq", ".npy", ".npz")
 TOP_KEYS = ("name", "modalities", "labels", "latent_dim")
 MODALITY_KEYS = ("name", "train", "test", "column", "kind", "vocab", "pad", "networks")
-NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale")
+NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale", "preset")
 #: the ``networks`` keys each kind's builder (``meme.nets.shaped``) takes
 NETWORK_KEYS_BY_KIND = {"image": NETWORK_KEYS, "vector": ("hidden", "likelihood", "scale"), "tokens": ("hidden",)}
+#: named networks a modality can ask for instead of the shaped ones: preset -> the row shape it takes
+PRESETS = {"polymnist": (3, 28, 28)}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RESERVED = ("split", "random")   # the observation schemes that are not a modality
 
@@ -111,9 +114,10 @@ class DatasetFile:
 
     @property
     def network_keys(self) -> tuple[str, ...]:
-        """The kinds whose networks a family must have (all kinds where some are inferred)."""
-        kinds = [m.kind for m in self.modalities]
-        return tuple(KINDS) if None in kinds else tuple(dict.fromkeys(kinds))
+        """The kinds (and presets) whose networks a family must have (all kinds where some are inferred)."""
+        presets = [m.networks["preset"] for m in self.modalities if m.networks.get("preset")]
+        kinds = [m.kind for m in self.modalities if not m.networks.get("preset")]
+        return tuple(dict.fromkeys((*(KINDS if None in kinds else kinds), *presets)))
 
     # ------------------------------------------------------------- loading
     def load(self, split: str) -> PairedData:
@@ -141,9 +145,9 @@ class DatasetFile:
                 extra["output"] = res.vector_output(cfg.vector_output)
                 if extra["output"] == "standardized":
                     extra["mean"], extra["std"] = feature_stats(self.load("train").rows(m))
-            out.append(modality_class(cfg.nets, res.kind)(
+            out.append(modality_class(cfg.nets, entry.networks.get("preset") or res.kind)(
                 latent_dim=latent, sigma_floor=cfg.sigma_floor or None, llik_scale=cfg.llik_scale,
-                shape=res.shape, name=entry.name, **extra, **entry.networks))
+                shape=res.shape, name=entry.name, **extra, **{k: v for k, v in entry.networks.items() if k != "preset"}))
         return tuple(out)
 
 
@@ -264,6 +268,8 @@ def parse_dataset(doc, path: Path) -> DatasetFile:
         if "likelihood" in nets:
             if nets["likelihood"] not in LIKELIHOODS:
                 fail(f"{key}.networks.likelihood", f"unknown likelihood {nets['likelihood']!r}; valid: {', '.join(LIKELIHOODS)}")
+        if "preset" in nets and nets["preset"] not in PRESETS:
+            fail(f"{key}.networks.preset", f"unknown preset {nets['preset']!r}; valid: {', '.join(PRESETS)}")
         if "scale" in nets:
             s = nets["scale"]
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
@@ -352,7 +358,7 @@ def _check_rows(entry: ModalityEntry, split: str, x: np.ndarray, kind: str | Non
     return kind, x
 
 
-def _check_network_keys(ds: DatasetFile, m: int, kind: str) -> None:
+def _check_network_keys(ds: DatasetFile, m: int, kind: str, shape=()) -> None:
     """``networks`` keys that the modality's kind (given or inferred from its rows) does not take are refused,
     not ignored: ``channels`` on vector rows, a likelihood on tokens (always categorical)."""
     valid = NETWORK_KEYS_BY_KIND[kind]
@@ -360,6 +366,10 @@ def _check_network_keys(ds: DatasetFile, m: int, kind: str) -> None:
     if bad:
         raise MemeError(f"{ds.path}: modalities[{m}].networks.{bad[0]}: does not apply to {kind} rows "
                         f"({ds.modalities[m].name!r}); valid for {kind}: {', '.join(valid)}")
+    preset = ds.modalities[m].networks.get("preset")
+    if preset and tuple(shape) != PRESETS[preset]:
+        raise MemeError(f"{ds.path}: modalities[{m}].networks.preset: {preset} takes rows of shape {PRESETS[preset]}, "
+                        f"but {ds.modalities[m].name!r} has {tuple(shape)}")
 
 
 def load_tables(ds: DatasetFile):
@@ -380,7 +390,7 @@ def load_tables(ds: DatasetFile):
             raise MemeError(f"{entry.test}: rows of shape {tuple(splits['test'][m].shape[1:])} ({kinds['test']}), but "
                             f"{entry.train} has {tuple(splits['train'][m].shape[1:])} ({kinds['train']}); "
                             f"the train and test tables of {entry.name!r} must have the same row shape")
-        _check_network_keys(ds, m, kinds["train"])
+        _check_network_keys(ds, m, kinds["train"], splits["train"][m].shape[1:])
         vocab = None
         if kinds["train"] == "tokens":
             vocab = _check_tokens(entry, splits["train"][m], splits["test"][m])

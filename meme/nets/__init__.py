@@ -8,7 +8,8 @@
 
 Every model (MEME and the baselines) builds its modalities from the same family, like for like.
 Each family also has networks by kind (``image``, ``vector``, ``tokens``: ``meme.nets.shaped``), sized
-from the rows' shape, for datasets described by a file.
+from the rows' shape, for datasets described by a file, and presets a dataset file can name for a modality
+(``networks: {preset: polymnist}``: ``meme.nets.polymnist``).
 Runs written before the family was a config key were trained with ``appendix_k``
 (``meme.config.LEGACY_DEFAULTS``).
 """
@@ -18,6 +19,7 @@ from meme.errors import MemeError
 from meme.nets.base import Modality, as_float
 from meme.nets.cub import CUBCaptionModality, CUBImageModality, PublishedCUBCaptionModality, PublishedCUBImageModality
 from meme.nets.mnist import MNISTModality, PublishedMNISTModality
+from meme.nets.polymnist import PublishedPolyMNISTModality
 from meme.nets.shaped import (ImageModality, PublishedImageModality, PublishedTokensModality, PublishedVectorModality,
                               TokensModality, VectorModality)
 from meme.nets.svhn import PublishedSVHNModality, SVHNModality
@@ -34,6 +36,7 @@ FAMILIES: dict[str, dict[str, type[Modality]]] = {
         "image": PublishedImageModality,
         "vector": PublishedVectorModality,
         "tokens": PublishedTokensModality,
+        "polymnist": PublishedPolyMNISTModality,
     },
     "appendix_k": {
         "mnist": MNISTModality,
@@ -43,6 +46,7 @@ FAMILIES: dict[str, dict[str, type[Modality]]] = {
         "image": ImageModality,
         "vector": VectorModality,
         "tokens": TokensModality,
+        "polymnist": ImageModality,   # appendix_k has no PolyMNIST networks of its own: by shape
     },
 }
 

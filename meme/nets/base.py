@@ -6,7 +6,8 @@ them and never look inside.
 * ``encode(x) -> (mu, sigma)``: a diagonal Gaussian over z. The floor on sigma applies by the
   modality's ``sigma_rule``: ``"add"``, ``softplus(.) + sigma_floor`` (appendix K's networks), or
   ``"clamp"``, ``max(softplus(.), sigma_floor)`` (the published code's ``torch.clamp(..., min=...)``,
-  which passes no gradient below the floor).
+  which passes no gradient below the floor), or ``"logvar"``, ``exp(. / 2) + sigma_floor`` (a log-variance
+  head, as the published PolyMNIST encoder's).
 * ``decode(z) -> params``: the likelihood's parameters (image means in [0, 1], or token logits).
   ``z`` may carry extra leading sample dimensions, ``(S, B, L)``; they are flattened for the network.
 * ``log_likelihood(x, params) -> (...,)``: summed over the modality's event dimensions.
@@ -61,6 +62,8 @@ class Modality(nn.Module):
         mu, raw = self._encode(x)
         if self.sigma_rule == "clamp":
             return mu, F.softplus(raw).clamp(min=self.sigma_floor)
+        if self.sigma_rule == "logvar":
+            return mu, (0.5 * raw).exp() + self.sigma_floor
         return mu, F.softplus(raw) + self.sigma_floor
 
     def decode(self, z: Tensor) -> Tensor:

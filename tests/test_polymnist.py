@@ -1,0 +1,154 @@
+"""PolyMNIST: the published recipe by hand, the official release's layout read back, a different PolyMNIST
+never overwritten, the published networks layer by layer, and the baselines training on it end to end."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meme.cli import main
+from meme.data.polymnist import NAMES, compose, read_release, write_release_layout
+from meme.errors import MemeError
+
+
+def md5s(root):
+    return {p: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_digit_inverts_the_colours_of_a_random_crop_of_its_background():
+    bg = np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3) % 251
+    bg = bg.astype(np.uint8)
+    digit = np.zeros((1, 28, 28), np.uint8)
+    digit[0, 5:20, 10:14] = 200      # the stroke
+    digit[0, 0, 0] = 127             # at the threshold: not part of the digit
+    out = compose(digit, bg, np.random.default_rng(3))
+    rng = np.random.default_rng(3)   # the crop's corner, drawn as compose draws it: rows, then columns
+    y, x = rng.integers(0, 13, 1)[0], rng.integers(0, 23, 1)[0]
+    crop = bg[y:y + 28, x:x + 28].transpose(2, 0, 1)
+    want = crop.copy()
+    want[:, 5:20, 10:14] = 255 - crop[:, 5:20, 10:14]
+    assert out.shape == (1, 3, 28, 28) and out.dtype == np.uint8
+    assert np.array_equal(out[0], want)
+
+
+@pytest.fixture(scope="module")
+def built(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("poly") / "pm"
+    assert main(["data", "polymnist", "--out", str(out), "--data-dir", str(synth_dir), "--no-download",
+                 "--n-train", "300", "--n-test", "100", "--seed", "1"]) == 0
+    return out
+
+
+def test_the_five_modalities_show_the_same_class_over_their_own_backgrounds(built):
+    from meme.data.dataset_file import read_dataset_file
+
+    ds = read_dataset_file(built / "polymnist.yaml")
+    assert ds.names == NAMES and ds.latent_dim == 512
+    assert all(m.networks == {"preset": "polymnist", "likelihood": "laplace", "scale": 0.75} for m in ds.modalities)
+    train = ds.load("train")
+    assert len(train) == 300 and len(ds.load("test")) == 100
+    labels = [np.load(built / f"{n}_train.npz")["label"] for n in NAMES]
+    assert all(np.array_equal(labels[0], lab) for lab in labels)
+    x = [np.load(built / f"{n}_train.npz")["x"] for n in NAMES]
+    assert all(a.shape == (300, 3, 28, 28) and a.dtype == np.uint8 for a in x)
+    # each modality's background has its own colours: the mean colour differs between modalities
+    means = np.array([a.reshape(300, 3, -1).mean((0, 2)) for a in x])
+    assert min(np.abs(means[i] - means[j]).max() for i in range(5) for j in range(i + 1, 5)) > 3
+    # modality 0 holds MNIST image i (of a seeded subset); the others another instance of its class
+    assert not np.array_equal(x[1], x[2])
+
+
+def test_the_official_release_layout_reads_back_to_the_same_tables(built, tmp_path, capsys):
+    release = tmp_path / "release"
+    for split in ("train", "test"):
+        images = [np.load(built / f"{n}_{split}.npz")["x"] for n in NAMES]
+        labels = np.load(built / f"m0_{split}.npz")["label"]
+        write_release_layout(release, split, images, labels)
+    assert sorted(p.name for p in (release / "train" / "m3").iterdir())[:2] == ["0.%d.png" % labels_of(built, 0),
+                                                                               "1.%d.png" % labels_of(built, 1)]
+    out = tmp_path / "converted"
+    assert main(["data", "polymnist", "--out", str(out), "--from-release", str(release)]) == 0
+    for n in NAMES:
+        for split in ("train", "test"):
+            a, b = np.load(built / f"{n}_{split}.npz"), np.load(out / f"{n}_{split}.npz")
+            assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["label"], b["label"])
+    capsys.readouterr()
+
+
+def labels_of(built, i):
+    return int(np.load(built / "m0_train.npz")["label"][i])
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", "m3 is missing; the PolyMNIST release holds train/m0 .. train/m4"),
+    ("name", "not a PolyMNIST file name; the release names them <index>.<label>.png"),
+    ("label", "has label"),
+])
+def test_a_damaged_release_is_one_line(built, tmp_path, damage, words):
+    release = tmp_path / "release"
+    images = [np.load(built / f"{n}_train.npz")["x"][:20] for n in NAMES]
+    labels = np.load(built / "m0_train.npz")["label"][:20]
+    write_release_layout(release, "train", images, labels)
+    if damage == "missing":
+        for p in (release / "train" / "m3").iterdir():
+            p.unlink()
+        (release / "train" / "m3").rmdir()
+    elif damage == "name":
+        (release / "train" / "m2" / ("0.%d.png" % labels[0])).rename(release / "train" / "m2" / "zero.png")
+    else:
+        (release / "train" / "m4" / ("5.%d.png" % labels[5])).rename(release / "train" / "m4" / ("5.%d.png" % ((labels[5] + 1) % 10)))
+    with pytest.raises(MemeError, match=words.replace(".", r"\.").replace("<", "<")):
+        read_release(release, "train")
+
+
+def test_a_folder_with_a_different_polymnist_is_never_overwritten(built, synth_dir, capsys):
+    before = md5s(built)
+    assert main(["data", "polymnist", "--out", str(built), "--data-dir", str(synth_dir), "--no-download",
+                 "--n-train", "400", "--n-test", "100", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"meme: error: {built} already holds a different PolyMNIST (built from MNIST: 300 "
+                                f"train, 100 test, seed 1, not built from MNIST: 400 train, 100 test, seed 1); nothing "
+                                f"was written (give another --out, or --force to replace it)"]
+    assert md5s(built) == before
+    # the same one again: nothing to do, nothing touched
+    assert main(["data", "polymnist", "--out", str(built), "--data-dir", str(synth_dir), "--no-download",
+                 "--n-train", "300", "--n-test", "100", "--seed", "1"]) == 0
+    assert "already holds this PolyMNIST" in capsys.readouterr().out and md5s(built) == before
+
+
+def test_published_polymnist_networks_layer_by_layer():
+    from meme.nets.polymnist import PublishedPolyMNISTModality
+
+    mod = PublishedPolyMNISTModality(512, name="m0", scale=0.75)
+    shapes = [tuple(p.shape) for p in mod.parameters()]
+    assert shapes == [(32, 3, 3, 3), (32,), (64, 32, 3, 3), (64,), (128, 64, 3, 3), (128,), (512, 2048), (512,),
+                      (512, 512), (512,), (512, 512), (512,),
+                      (2048, 512), (2048,), (128, 64, 3, 3), (64,), (64, 32, 3, 3), (32,), (32, 3, 3, 3), (3,)]
+    assert sum(p.numel() for p in mod.parameters()) == 2_811_395
+    x = torch.rand(4, 3, 28, 28)
+    mu, sigma = mod.encode(x)
+    raw = mod.enc_sigma(mod.enc(x))
+    assert mu.shape == (4, 512) and torch.allclose(sigma, (0.5 * raw).exp())   # a log-variance head
+    out = mod.decode(torch.randn(2, 4, 512))
+    assert out.shape == (2, 4, 3, 28, 28)
+    assert not any(isinstance(m, (torch.nn.Sigmoid, torch.nn.BatchNorm2d)) for m in mod.modules())
+    want = torch.distributions.Laplace(out, 0.75).log_prob(x).sum((-3, -2, -1))
+    assert torch.allclose(mod.log_likelihood(x, out), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd"])
+def test_every_baseline_trains_and_evaluates_on_polymnist(built, tmp_path, capsys, model):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(built / "polymnist.yaml"), "--model", model, "--epochs", "1",
+                 "--batch-size", "64", "--latent-dim", "16", "--supervision", "0.5", "--observed", "random",
+                 "--out", str(out), "--quiet", "--max-test-pairs", "40"]) == 0
+    m = json.loads((out / "eval" / "metrics.json").read_text())
+    for k in ("coherence_given_1", "coherence_given_2", "coherence_given_3", "coherence_given_4", "latent_acc_joint",
+              "coherence_m0_to_m4", "classifier_acc_m2", "coherence_joint"):
+        assert k in m and 0.0 <= m[k] <= 1.0, k
+    table = json.loads((out / "eval" / "coherence.json").read_text())
+    assert len(table) == 5 * 4 + 10 * 3 + 10 * 2 + 5 * 1   # every proper subset, every target outside it
+    capsys.readouterr()
