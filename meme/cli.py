@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from meme.errors import MemeError
+from meme.errors import MemeError, output_closed
 from meme.paths import check_dir_target, check_existing_dir
 
 log = logging.getLogger("meme")
@@ -58,7 +58,7 @@ def cmd_data(args) -> int:
             raise MemeError(f"{flag} {n}: give at least 10 examples (or leave it out for the default)")
     if args.force and args.what not in ("svhn-standin", "synthetic", "polymnist"):
         raise MemeError(f"--force applies to svhn-standin, synthetic and polymnist, not to {args.what}")
-    if (args.out is not None) != (args.what in writes_out):
+    if args.out is not None and args.what not in writes_out or args.out is None and args.what == "mnist-views":
         raise MemeError("--out goes with mnist-views and polymnist (where to write their tables), and only with them")
     if args.from_release and args.what != "polymnist":
         raise MemeError(f"--from-release goes with polymnist, not {args.what}")
@@ -83,7 +83,8 @@ def cmd_data(args) -> int:
         from meme.data.polymnist import write_polymnist
 
         release = args.from_release and check_existing_dir(args.from_release, "--from-release")
-        written = write_polymnist(check_dir_target(args.out, "--out"), root, args.n_train, args.n_test, args.seed,
+        out = check_dir_target(args.out or root / "PolyMNIST", "--out")
+        written = write_polymnist(out, root, args.n_train, args.n_test, args.seed,
                                   release=release, download=not args.no_download, force=args.force)
         if written:
             print(f"wrote PolyMNIST into {written[-1].parent}: train with --dataset {written[-1]}")
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "converted from the official release (--from-release), into --out: tables and a dataset file (polymnist.yaml)."))
     d.add_argument("what", choices=["download", "svhn-standin", "synthetic", "mnist-views", "polymnist"])
     d.add_argument("--out", default=None, help="mnist-views and polymnist: the folder to write the tables and the "
-                   "dataset file")
+                   "dataset file (polymnist: default <data dir>/PolyMNIST, where --dataset polymnist reads it)")
     d.add_argument("--no-download", action="store_true", help="mnist-views and polymnist: fail instead of downloading MNIST")
     d.add_argument("--from-release", default=None, metavar="DIR", help="polymnist: the official PolyMNIST release "
                    "(DIR/train/m0..m4/<index>.<label>.png and DIR/test/...) instead of building it from MNIST")
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     except MemeError as e:
         print(f"meme: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return output_closed()
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise

@@ -16,3 +16,14 @@ def check_choice(name: str, value, valid) -> None:
     valid = list(valid)
     if value not in valid:
         raise MemeError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def output_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as a Unix tool does, rather than with a traceback
+    (stdout is pointed at /dev/null so that the interpreter's last flush raises nothing)."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0

@@ -47,7 +47,7 @@ def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
     evaluation needs (training them once if missing: the digit classifiers, or a dataset file's own); returns
     modality -> classifier module (on the CPU) for the trials."""
     from meme.config import TrainConfig
-    from meme.data import get_dataset, is_dataset_file
+    from meme.data import get_dataset
     from meme.eval import CLASSIFIERS, ensure_classifiers
     from meme.eval.classifiers import run_classifiers
 
@@ -59,7 +59,7 @@ def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
         for split in ("train", "test"):
             spec.load(cfg, split)
         names = [n for n in spec.names if n in CLASSIFIERS]
-        if names and not is_dataset_file(cfg.dataset):
+        if names and spec.file is None:
             ensure_classifiers(names, data_dir=cfg.data_dir, progress=progress, download=cfg.download)
         for n, clf in run_classifiers(cfg, "cpu", progress=progress).items():
             classifiers[n] = clf

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from meme.config import TrainConfig
 from meme.errors import MemeError
 from orchestration import check_orchestration_installed
-from orchestration.study import Study, load_study, parse_study
+from orchestration.study import INPUTS, Study, load_study, parse_study
 from orchestration.tracking import (PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, check_reachable, child_runs,
                                     client_for)
 
@@ -199,10 +199,56 @@ def series_label(keys, values) -> str:
 
 
 # --------------------------------------------------------------- outputs
+def inputs_of(metric: str) -> int:
+    """The number of input modalities a ``..._given_<k>`` metric is about."""
+    tail = metric.rsplit("_", 1)[-1]
+    if not tail.isdigit():
+        raise MemeError(f"figure x: inputs needs metrics ending in _<number of inputs> (coherence_given_1, ...), "
+                        f"got {metric!r}")
+    return int(tail)
+
+
+def points_by_inputs(spec: FigureSpec, records: list[RunRecord]) -> dict[tuple, list[tuple]]:
+    """Per series, (number of inputs, mean, std, runs) of each ``spec.y`` metric, sorted by the number of inputs."""
+    lines: dict[tuple, list] = {}
+    for metric in spec.y:
+        for key, (m, sd, n) in group(records, tuple(spec.series), metric).items():
+            lines.setdefault(key, []).append((inputs_of(metric), m, sd, n))
+    return {k: sorted(v) for k, v in lines.items()}
+
+
+def _draw_by_inputs(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Path | None:
+    """One panel: x the number of input modalities, y the ``spec.y`` metric for it, one line per series."""
+    from matplotlib.figure import Figure
+
+    lines = points_by_inputs(spec, records)
+    if not lines:
+        log.warning("figure %s: no finished run logged any of %s", spec.name, ", ".join(spec.y))
+        return None
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for skey, pts in sorted(lines.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))):
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3,
+                    label=series_label(spec.series, skey))
+    ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
+    ax.set_xlabel("number of input modalities")
+    ax.set_ylabel(spec.y[0].rsplit("_", 1)[0].removesuffix("_given"))
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right center", fontsize=8)
+    fig.suptitle(f"{spec.title or spec.name}  (mean ± std over seeds; {len({r.name for r in records})} runs)",
+                 fontsize=10)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{spec.name}.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     records = select(records, spec.where)
+    if spec.x == INPUTS:
+        return _draw_by_inputs(spec, records, out_dir)
     panels = [(m, group(records, (*spec.series, spec.x), m)) for m in spec.y]
     if not any(g for _, g in panels):
         log.warning("figure %s: no finished run logged any of %s", spec.name, ", ".join(spec.y))

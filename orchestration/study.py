@@ -47,6 +47,10 @@ from meme.config import TrainConfig
 from meme.errors import MemeError
 from meme.yamlio import load_yaml
 
+#: a figure's ``x`` that is not a config key: the number of input modalities k, read from each ``y`` metric's
+#: trailing ``_<k>`` (``coherence_given_1`` .. ``coherence_given_4``: the PolyMNIST figure)
+INPUTS = "inputs"
+
 #: where ``--study NAME`` looks (``$MEME_STUDIES_DIR`` overrides it)
 STUDIES_DIR = Path(os.environ.get("MEME_STUDIES_DIR", Path(__file__).resolve().parents[1] / "search_spaces"))
 

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from meme.config import TrainConfig
 from meme.errors import MemeError
+from orchestration.study import INPUTS
 
 _FIELD_TYPES = TrainConfig.types()
 
@@ -33,6 +34,15 @@ def _fail(msg: str, at: str = ""):
 def _config_key(k: str) -> str:
     if k not in _FIELD_TYPES:
         _fail(f"unknown config key {k!r}; valid keys: {', '.join(TrainConfig.keys())}")
+    return k
+
+
+def _figure_x(k: str) -> str:
+    if k == INPUTS:
+        return k
+    if k not in _FIELD_TYPES:
+        _fail(f"unknown config key {k!r}; valid: {INPUTS} (the number of input modalities) or a config key: "
+              f"{', '.join(TrainConfig.keys())}")
     return k
 
 
@@ -142,7 +152,7 @@ def _one_distribution(spec):
 @pyd.dataclass(frozen=True, config=_STRICT)
 class FigureSpec:
     name: Name
-    x: ConfigKey
+    x: Annotated[StrictStr, AfterValidator(_figure_x)]
     y: Metrics
     series: ConfigKeys = ()
     title: StrictStr = ""

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-from meme.errors import MemeError
+from meme.errors import MemeError, output_closed
 from orchestration import SWEEP_PROG, check_orchestration_installed
 from orchestration.cluster import check_ray_reachable, check_resources, check_shared_paths, init_ray, ray_address
 from orchestration.plan import StudyPlan, plan
@@ -367,6 +367,8 @@ def main(argv=None) -> int:
     except MemeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return output_closed()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before the study's state was saved", file=sys.stderr)
         return 130

@@ -398,3 +398,22 @@ def test_a_study_metric_beyond_the_subsets_is_refused_naming_the_most(tmp_path, 
     assert _md5s(tmp_path) == before
     study.write_text(study.read_text().replace("given_3", "given_2"))
     assert sweep.main(["--study", str(study), "--dry-run"]) == 0
+
+
+def test_the_polymnist_figure_puts_the_number_of_inputs_on_x_one_line_per_model(tmp_path):
+    from orchestration.report import RunRecord, draw_figure, points_by_inputs
+    from orchestration.study_schema import FigureSpec
+
+    spec = FigureSpec(name="pm", x="inputs", y=("coherence_given_1", "coherence_given_2"), series=("model",))
+    runs = [RunRecord(f"r{i}", "FINISHED", {"model": model, "seed": i % 2},
+                      {"coherence_given_1": c1, "coherence_given_2": c2})
+            for i, (model, c1, c2) in enumerate([("mvae", 0.5, 0.6), ("mvae", 0.7, 0.8), ("mopoe", 0.4, 0.9)])]
+    pts = points_by_inputs(spec, runs)
+    assert pts[("mopoe",)] == [(1, 0.4, 0.0, 1), (2, 0.9, 0.0, 1)]
+    (k1, m1, s1, n1), (k2, m2, s2, n2) = pts[("mvae",)]
+    assert (k1, n1, k2, n2) == (1, 2, 2, 2) and (m1, m2) == pytest.approx((0.6, 0.7))
+    assert s1 == pytest.approx(math.sqrt(0.02)) and s2 == pytest.approx(math.sqrt(0.02))   # std over the 2 seeds
+    path = draw_figure(spec, runs, tmp_path)
+    assert path == tmp_path / "pm.png" and path.stat().st_size > 1000
+    with pytest.raises(Exception, match="unknown config key 'input'; valid: inputs"):
+        FigureSpec(name="pm", x="input", y=("coherence_given_1",))

@@ -1,7 +1,8 @@
 """Datasets as ``PairedData`` (two modality tables + pairs), partial observation, typed batches.
 
-``DATASETS`` maps a dataset name to a ``DatasetSpec``: its two modality names, a loader for a split,
-and a builder for its two modality networks. A ``dataset`` that names a ``.yaml``/``.yml``/``.json``
+``DATASETS`` maps a dataset name to a ``DatasetSpec``: its modality names, a loader for a split, and a
+builder for its modality networks. ``polymnist`` is the dataset file that ``meme data polymnist`` writes into
+``<data dir>/PolyMNIST``. A ``dataset`` that names a ``.yaml``/``.yml``/``.json``
 file is the user's own data (``meme.data.dataset_file``), with networks chosen by the rows' shape.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ class DatasetSpec:
     network_keys: tuple[str, ...] | None = None
     #: the latent size of runs that leave ``latent_dim`` at 0
     latent_dim: int = DEFAULT_LATENT_DIM
+    #: cfg -> the dataset file behind the dataset, where there is one (its classifiers are trained on its tables)
+    file: Callable | None = None
 
 
 def registry_modalities(cfg, train_data):
@@ -46,9 +49,19 @@ def _load_mnist_svhn(cfg, split: str) -> PairedData:
     return load_mnist_svhn(cfg.data_dir, split, pairings=pairings, seed=cfg.data_seed, download=cfg.download)
 
 
+def _polymnist(cfg):
+    """The PolyMNIST that ``meme data polymnist`` wrote into ``<data dir>/PolyMNIST``."""
+    from meme.data.polymnist import dataset_file
+
+    return read_dataset_file(dataset_file(cfg.data_dir))
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist_svhn": DatasetSpec(("mnist", "svhn"), _load_mnist_svhn, registry_modalities),
     "cub": DatasetSpec(("cub_image", "cub_caption"), load_cub, build_cub_modalities),
+    "polymnist": DatasetSpec(tuple(f"m{k}" for k in range(5)), lambda cfg, split: _polymnist(cfg).load(split),
+                             lambda cfg, data: _polymnist(cfg).build_modalities(cfg, data), network_keys=("polymnist",),
+                             latent_dim=512, file=_polymnist),
 }
 
 
@@ -57,7 +70,8 @@ def get_dataset(name: str) -> DatasetSpec:
     if is_dataset_file(name):
         ds = read_dataset_file(name)
         return DatasetSpec(ds.names, lambda cfg, split: ds.load(split), ds.build_modalities,
-                           network_keys=ds.network_keys, latent_dim=ds.latent_dim or DEFAULT_LATENT_DIM)
+                           network_keys=ds.network_keys, latent_dim=ds.latent_dim or DEFAULT_LATENT_DIM,
+                           file=lambda cfg: ds)
     if name not in DATASETS:
         raise MemeError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}, or a dataset file "
                         f"(path/to/data.yaml: see meme.data.dataset_file)")

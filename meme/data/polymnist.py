@@ -6,7 +6,8 @@ Two ways in, one result::
     meme data polymnist --out DIR [--data-dir D] [--n-train N] [--n-test N] [--seed S]   # built here
     meme data polymnist --out DIR --from-release R     # the official release: R/{train,test}/m0..m4/<i>.<label>.png
 
-Either writes into DIR the tables ``m<k>_<split>.npz`` (``x``: (N, 3, 28, 28) uint8, ``label``), the dataset file
+``--out`` defaults to ``<data dir>/PolyMNIST``, where ``--dataset polymnist`` finds it. Either writes into DIR
+the tables ``m<k>_<split>.npz`` (``x``: (N, 3, 28, 28) uint8, ``label``), the dataset file
 ``polymnist.yaml`` (five image modalities with the published PolyMNIST networks, ``meme.nets.polymnist``: latent
 size 512, Laplace scale 0.75) and ``.meme-generated.json`` (the files' hashes and what they were made from).
 ``meme train --dataset DIR/polymnist.yaml`` then trains on it, and coherence is judged by one classifier per
@@ -46,6 +47,17 @@ labels: label
 latent_dim: 512
 modalities:
 {modalities}"""
+
+
+def dataset_file(data_dir) -> Path:
+    """``<data dir>/PolyMNIST/polymnist.yaml``, where ``--dataset polymnist`` reads it (one line if it is not there)."""
+    from meme.data.mnist_svhn import resolve_data_dir
+
+    path = resolve_data_dir(data_dir or None) / "PolyMNIST" / "polymnist.yaml"
+    if not path.is_file():
+        raise MemeError(f"no PolyMNIST in {path.parent}; write it with `meme data polymnist --data-dir "
+                        f"{resolve_data_dir(data_dir or None)}` (or give the --data-dir that holds it)")
+    return path
 
 
 def files_for(out: Path) -> list[Path]:

@@ -293,15 +293,15 @@ def run_classifiers(cfg, device="cpu", progress: bool = False, directory=None) -
     by the tables' content (``meme.eval.table_classifiers``; trained here when missing). For the built-in
     datasets: the digit classifiers stored in ``directory`` (default ``<data dir>/classifiers``); a missing
     one is skipped, and so are its coherence metrics."""
-    from meme.data import get_dataset, is_dataset_file
+    from meme.data import get_dataset
 
-    if is_dataset_file(cfg.dataset):
-        from meme.data.dataset_file import read_dataset_file
+    spec = get_dataset(cfg.dataset)
+    if spec.file is not None:
         from meme.eval.table_classifiers import table_classifiers
 
-        return {n: c.to(device) for n, (c, _) in table_classifiers(read_dataset_file(cfg.dataset), progress=progress).items()}
+        return {n: c.to(device) for n, (c, _) in table_classifiers(spec.file(cfg), progress=progress).items()}
     directory = directory or classifier_dir(cfg.data_dir or None)
-    return load_classifiers(get_dataset(cfg.dataset).names, directory, device=device, missing="skip")
+    return load_classifiers(spec.names, directory, device=device, missing="skip")
 
 
 def ensure_classifiers(names, data_dir=None, directory=None, retrain: bool = False, device="cpu",

@@ -16,7 +16,7 @@ from meme.paths import check_dir_target
 log = logging.getLogger(__name__)
 
 def cmd_eval(args) -> int:
-    from meme.data import is_dataset_file
+    from meme.data import get_dataset
     from meme.eval.classifiers import classifier_dir, load_classifiers, run_classifiers
     from meme.eval.config import EvalConfig
     from meme.eval.datasets import evaluate_run
@@ -44,7 +44,7 @@ def cmd_eval(args) -> int:
     ecfg = ecfg.replace(device=str(device))
     if args.no_coherence:
         classifiers = {}
-    elif is_dataset_file(cfg.dataset):  # the user's own data: classifiers trained on its tables (cached)
+    elif get_dataset(cfg.dataset).file is not None:  # a dataset file: classifiers trained on its tables (cached)
         classifiers = run_classifiers(cfg, device, progress=not args.quiet)
     else:
         clf_dir = Path(args.classifier_dir) if args.classifier_dir else classifier_dir(cfg.data_dir)
