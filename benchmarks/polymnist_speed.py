@@ -1,0 +1,208 @@
+"""Training-step speed on PolyMNIST-shaped data (M = 5, batch 256) against MultiVae, and two-modality speed before
+and after the data model took M modalities, side by side in one run.
+
+    python -m venv .venv-multivae && .venv-multivae/bin/pip install multivae "torch==2.14.1"   # once: the peer
+    python benchmarks/polymnist_speed.py --multivae-python .venv-multivae/bin/python [--steps 8] [--before REV]
+
+* **M = 5**: MVAE, MMVAE, MoPoE and mmJSD, each a training step (loss, backward, Adam) through the project's
+  trainer (``Trainer.step``) on random uint8 PolyMNIST images, the published PolyMNIST networks (latent 512,
+  Laplace scale 0.75), every example fully observed, in fp32 and at the run's default precision (``auto``:
+  bf16 autocast on CPUs with native bf16). MultiVae (PyPI ``multivae``, in its own virtual environment, never a
+  dependency of this project) times the same step of its MVAE, MMVAE and MoPoE (it has no mmJSD) with its own
+  PolyMNIST networks (``EncoderConvMMNIST`` / ``DecoderConvMMNIST``: the same layers, its heads without bias),
+  the same latent size, batch, likelihood and Adam, in fp32. Like for like: MultiVae's MVAE with no extra
+  sub-sampled subsets (k = 0: the joint and unimodal ELBOs, as here) and no KL warm-up; its MMVAE with K = 1,
+  Gaussian posteriors and a fixed prior (the IWAE bound at K = 1 is the ELBO, as here).
+* **M = 2** (``--before REV``, default the commit before M modalities): each model's paired and unpaired
+  MNIST-SVHN steps (published networks, batch 128) at REV and at the working tree, in separate processes.
+
+Both sides use the same number of torch threads (``--threads``, default 2) and the median of ``--steps`` steps
+after two warm-up steps. Run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE = "6f81f7e"   # the last commit with two modalities only
+MODELS = ("mvae", "mmvae", "mopoe", "mmjsd")
+B, L, M = 256, 512, 5
+
+OURS = textwrap.dedent("""
+    import json, sys, tempfile, time
+    from pathlib import Path
+    import numpy as np, torch
+    torch.set_num_threads({threads})
+    from meme.config import TrainConfig
+    from meme.data.batch import gather
+    from meme.data.polymnist import DATASET, NAMES
+    from meme.train import Trainer
+
+    d = Path(tempfile.mkdtemp()) / "PolyMNIST"
+    d.mkdir()
+    g = np.random.default_rng(0)
+    for n in NAMES:
+        for split in ("train", "test"):
+            np.savez(d / f"{{n}}_{{split}}.npz", x=g.integers(0, 256, (2 * {B}, 3, 28, 28), dtype=np.uint8),
+                     label=np.arange(2 * {B}) % 10)
+    mods = "".join(f"  - {{{{name: {{n}}, train: {{n}}_train.npz, test: {{n}}_test.npz, kind: image, "
+                   f"networks: {{{{preset: polymnist, likelihood: laplace, scale: 0.75}}}}}}}}\\n" for n in NAMES)
+    (d / "polymnist.yaml").write_text(DATASET.format(source="benchmark", modalities=mods))
+    out = {{}}
+    for model in {models}:
+        for precision in ("fp32", "auto"):
+            cfg = TrainConfig(dataset="polymnist", data_dir=str(d.parent), model=model, batch_size={B},
+                              precision=precision, device="cpu", num_threads={threads})
+            tr = Trainer(cfg)
+            batch = gather(tr.train_data, torch.arange({B}), (True,) * 5, "cpu")
+            for _ in range(2):
+                tr.step(batch)
+            times = []
+            for _ in range({steps}):
+                t = time.perf_counter(); tr.step(batch); times.append(time.perf_counter() - t)
+            out[f"{{model}}/{{precision}}"] = [sorted(times)[len(times) // 2], tr.precision]
+    print(json.dumps(out))
+""")
+
+THEIRS = textwrap.dedent("""
+    import json, time
+    import torch
+    torch.set_num_threads({threads})
+    from multivae.data.datasets.base import MultimodalBaseDataset
+    from multivae.models import MMVAE, MMVAEConfig, MoPoE, MoPoEConfig, MVAE, MVAEConfig
+    from multivae.models.nn.mmnist import DecoderConvMMNIST, EncoderConvMMNIST
+    from pythae.models.base.base_config import BaseAEConfig
+
+    names = [f"m{{k}}" for k in range({M})]
+    common = dict(n_modalities={M}, latent_dim={L}, input_dims={{n: (3, 28, 28) for n in names}},
+                  decoders_dist={{n: "laplace" for n in names}},
+                  decoder_dist_params={{n: {{"scale": 0.75}} for n in names}})
+    configs = {{
+        "mvae": (MVAE, MVAEConfig(**common, k=0, warmup=0)),
+        "mmvae": (MMVAE, MMVAEConfig(**common, K=1, prior_and_posterior_dist="normal", learn_prior=False,
+                                     loss="iwae_looser")),
+        "mopoe": (MoPoE, MoPoEConfig(**common)),
+    }}
+    g = torch.Generator().manual_seed(0)
+    data = {{n: torch.randint(0, 256, ({B}, 3, 28, 28), generator=g).float() / 255 for n in names}}
+    batch = MultimodalBaseDataset(data=data, labels=torch.arange({B}) % 10)
+    out = {{}}
+    for name, (cls, cfg) in configs.items():
+        torch.manual_seed(0)
+        arch = BaseAEConfig(input_dim=(3, 28, 28), latent_dim={L})
+        model = cls(cfg, encoders={{n: EncoderConvMMNIST(arch) for n in names}},
+                    decoders={{n: DecoderConvMMNIST(arch) for n in names}})
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+        def step():
+            loss = model(batch, epoch=20).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for _ in range(2):
+            step()
+        times = []
+        for _ in range({steps}):
+            t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+        out[name] = sorted(times)[len(times) // 2]
+    print(json.dumps(out))
+""")
+
+TWO = textwrap.dedent("""
+    import json, time
+    import torch
+    torch.set_num_threads({threads})
+    from meme.config import TrainConfig
+    from meme.data import PairedData
+    from meme.data.batch import gather
+    from meme.train import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    data = PairedData(("mnist", "svhn"), (torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
+                                          torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)),
+                      (torch.arange(n), torch.arange(n)), torch.randint(0, 10, (n,), generator=g))
+    out = {{}}
+    for model in ("meme", "mvae", "mmvae", "mopoe", "mmjsd"):
+        tr = Trainer(TrainConfig(device="cpu", model=model, supervision=1.0, num_threads={threads}),
+                     train_data=data, test_data=data)
+        for kind, observed in (("paired", (True, True)), ("unpaired", (True, False))):
+            if kind == "unpaired" and model == "mmvae":
+                continue
+            batch = gather(data, torch.arange(128), observed, "cpu")
+            for _ in range(2):
+                tr.step(batch)
+            times = []
+            for _ in range({steps}):
+                t = time.perf_counter(); tr.step(batch); times.append(time.perf_counter() - t)
+            out[f"{{model}}/{{kind}}"] = 128 / sorted(times)[len(times) // 2]
+    import meme
+    out["source"] = meme.__file__
+    print(json.dumps(out))
+""")
+
+
+def run_script(python: str, code: str, cwd: Path, pythonpath: Path | None = None) -> dict:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    else:
+        env.pop("PYTHONPATH", None)
+    proc = subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{python} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--multivae-python", help="the Python of a virtual environment with multivae installed "
+                                             "(the M = 5 comparison is skipped without it)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--before", default=BEFORE, help="the revision to compare two-modality speed with ('' to skip)")
+    args = p.parse_args(argv)
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs); {args.threads} threads")
+
+    fmt = dict(threads=args.threads, steps=args.steps, B=B, L=L, M=M)
+    ours = run_script(sys.executable, OURS.format(models=list(MODELS), **fmt), REPO, REPO)
+    theirs = run_script(args.multivae_python, THEIRS.format(**fmt), Path(tempfile.gettempdir())) \
+        if args.multivae_python else {}
+    print(f"\nM = 5 (PolyMNIST shapes, published networks, latent {L}), batch {B}: examples/s of a training step")
+    print(f"{'model':<8}{'ours fp32':>12}{'ours auto':>16}{'MultiVae fp32':>15}{'fp32 ratio':>12}{'auto ratio':>12}")
+    for m in MODELS:
+        (f32, _), (auto, prec) = ours[f"{m}/fp32"], ours[f"{m}/auto"]
+        t = theirs.get(m)
+        line = f"{m:<8}{B / f32:>12.1f}{B / auto:>11.1f} ({prec})"
+        line += f"{B / t:>15.1f}{t / f32:>11.2f}x{t / auto:>11.2f}x" if t else f"{'n/a':>15}"
+        print(line)
+    if theirs:
+        print("(ratio = MultiVae's step time / ours: above 1, ours is faster; target >= 1.5 for mvae, mmvae, mopoe)")
+
+    if args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["git", "worktree", "add", "-q", "--detach", tmp + "/before", args.before], cwd=REPO,
+                           check=True)
+            try:
+                before = run_script(sys.executable, TWO.format(**fmt), Path(tmp), Path(tmp) / "before")
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", tmp + "/before"], cwd=REPO, check=False)
+        now = run_script(sys.executable, TWO.format(**fmt), REPO, REPO)
+        print(f"\nM = 2 (MNIST-SVHN, published networks), batch 128: pairs/s of a training step, at {args.before} "
+              f"(before M modalities) and now")
+        print(f"{'model/batch':<18}{'before':>10}{'now':>10}{'now/before':>12}")
+        print(f"(the code measured: {before.pop('source')} and {now.pop('source')})")
+        for k in now:
+            print(f"{k:<18}{before[k]:>10.1f}{now[k]:>10.1f}{now[k] / before[k]:>11.3f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
