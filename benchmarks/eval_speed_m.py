@@ -48,23 +48,27 @@ def main() -> None:
     ap.add_argument("--n-latent-train", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--precision", default="fp32,auto", help="the evaluation's precision(s) to time (EvalConfig)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs); {torch.get_num_threads()} "
           f"threads; {args.n_test} test examples, {args.n_latent_train} probe training latents")
-    cfg = EvalConfig(device="cpu", n_latent_train=args.n_latent_train, n_joint=0, likelihood_k=0, elbo=False,
-                     n_tsne=0, batch_size=args.batch_size)
-    print(f"{'M':>2}{'cells':>7}{'encode':>9}{'coherence':>11}{'probe':>8}{'W2':>7}{'core':>8}  target {TARGET_S:.0f} s")
+    print(f"{'M':>2}{'cells':>7}{'precision':>11}{'encode':>9}{'coherence':>11}{'probe':>8}{'W2':>7}{'core':>8}  "
+          f"target {TARGET_S:.0f} s")
     for M in (int(m) for m in args.modalities.split(",")):
         model, train, test, judges = setup(M, args.n_latent_train, args.n_test)
-        timings: dict[str, float] = {}
-        metrics, _ = evaluate(model, train, test, judges, cfg, figures=False, timings=timings)
-        cells = sum(M - k for k in range(1, M) for _ in itertools.combinations(range(M), k))
-        assert f"coherence_given_{M - 1}" in metrics and "latent_acc_joint" in metrics
-        core = sum(timings[s] for s in CORE)
-        print(f"{M:>2}{cells:>7}{timings['encode']:>9.1f}{timings['coherence']:>11.1f}{timings['latent_probe']:>8.1f}"
-              f"{timings['relatedness']:>7.1f}{core:>8.1f}  {'met' if core <= TARGET_S else 'MISSED'}")
+        for precision in args.precision.split(","):
+            cfg = EvalConfig(device="cpu", n_latent_train=args.n_latent_train, n_joint=0, likelihood_k=0, elbo=False,
+                             n_tsne=0, batch_size=args.batch_size, precision=precision)
+            timings: dict[str, float] = {}
+            metrics, _ = evaluate(model, train, test, judges, cfg, figures=False, timings=timings)
+            cells = sum(M - k for k in range(1, M) for _ in itertools.combinations(range(M), k))
+            assert f"coherence_given_{M - 1}" in metrics and "latent_acc_joint" in metrics
+            core = sum(timings[s] for s in CORE)
+            print(f"{M:>2}{cells:>7}{precision:>11}{timings['encode']:>9.1f}{timings['coherence']:>11.1f}"
+                  f"{timings['latent_probe']:>8.1f}{timings['relatedness']:>7.1f}{core:>8.1f}  "
+                  f"{'met' if core <= TARGET_S else 'MISSED'}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

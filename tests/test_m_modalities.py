@@ -417,3 +417,61 @@ def test_the_polymnist_figure_puts_the_number_of_inputs_on_x_one_line_per_model(
     assert path == tmp_path / "pm.png" and path.stat().st_size > 1000
     with pytest.raises(Exception, match="unknown config key 'input'; valid: inputs"):
         FigureSpec(name="pm", x="input", y=("coherence_given_1",))
+
+
+def test_a_study_on_three_modalities_runs_through_sweep_and_reports_coherence_by_inputs(tmp_path, capsys, ray_session):
+    import io
+    from contextlib import redirect_stdout
+
+    from orchestration import report, sweep, tracking
+
+    data = three_modalities(tmp_path / "d")
+    study = tmp_path / "three.yaml"
+    study.write_text(f"""\
+description: the baselines on three modalities, tiny
+base: {{dataset: {data}, batch_size: 32, observed: random, supervision: 0.5}}
+grid:
+  model: [mvae, mmvae, mopoe, mmjsd]
+metric: coherence_given_2
+mode: max
+epochs: 1
+resources: {{cpu: 1}}
+eval: {{n_latent_train: 120, n_joint: 50, likelihood_k: 0, n_tsne: 0}}
+report:
+  figures:
+    - {{name: by_inputs, x: inputs, y: [coherence_given_1, coherence_given_2], series: [model]}}
+""")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with redirect_stdout(io.StringIO()):
+        rc = sweep.main(["--study", str(study), "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    client = tracking.client_for(uri)
+    exp = client.get_experiment_by_name("three")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.TAG_ROLE) != "study"]
+    assert sorted(r.data.params["model"] for r in runs) == ["mmjsd", "mmvae", "mopoe", "mvae"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        m = r.data.metrics
+        assert 0 <= m["coherence_given_1"] <= 1 and 0 <= m["coherence_given_2"] <= 1 and "latent_acc_joint" in m
+    with redirect_stdout(io.StringIO()):
+        assert report.main(["--study", str(study), "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "by_inputs.png").stat().st_size > 1000
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_evaluation_runs_its_networks_at_the_precision_it_is_given(precision, dtype):
+    from meme.eval import EvalConfig, evaluate
+
+    names = ("m0", "m1", "m2")
+    train = PairedData.from_tables({n: torch.rand(64, d) for n, d in zip(names, DIMS)}, torch.arange(64) % 3)
+    test = PairedData.from_tables({n: torch.rand(32, d) for n, d in zip(names, DIMS)}, torch.arange(32) % 3)
+    model = models_for(MoPoE, 3)
+    seen = []
+    model.mods[2].dec.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    judges = {n: torch.nn.Linear(d, 3) for n, d in zip(names, DIMS)}
+    metrics, _ = evaluate(model, train, test, judges, EvalConfig(device="cpu", precision=precision, likelihood_k=0,
+                                                                 n_joint=16, n_tsne=0), figures=False)
+    assert seen and set(seen) == {dtype} and 0 <= metrics["coherence_given_2"] <= 1
+    with pytest.raises(MemeError, match="unknown precision 'fp16'; valid: auto, fp32, bf16"):
+        EvalConfig(precision="fp16")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meme.config import FlatConfig, check_device_name, key
+from meme.config import PRECISIONS, FlatConfig, check_device_name, key
 from meme.errors import MemeError, check_choice
 
 
@@ -31,6 +31,9 @@ class EvalConfig(FlatConfig):
     grid_samples: int = key(4, 'sample rows of the cross-generation grids')
     seed: int = key(0, 'seeds the sampling of the evaluation')
     device: str = key("auto", 'auto | cpu | cuda | cuda:N')
+    precision: str = key("fp32", 'the networks\' precision in the evaluation: fp32 (as every evaluation before this key) | '
+                         'auto (bf16 autocast on CPUs with native bf16: PolyMNIST\'s 75 coherence cells in 2.5x less '
+                         'time) | bf16')
 
     def __post_init__(self):
         self._check_types()
@@ -43,3 +46,4 @@ class EvalConfig(FlatConfig):
                 raise MemeError(f"{name}={getattr(self, name)} must be >= 0")
         check_choice("related_by", self.related_by, RELATED_BY)
         check_device_name(self.device)
+        check_choice("precision", self.precision, PRECISIONS)

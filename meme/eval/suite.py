@@ -68,7 +68,8 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
     model.eval()
     out = Path(out_dir) if out_dir is not None else None
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+                _autocast(cfg.precision, device):
             torch.manual_seed(cfg.seed)
             metrics, files = _evaluate(model, train_data, test_data, classifiers, cfg, device, out,
                                        figures and out is not None, progress, {} if timings is None else timings)
@@ -78,6 +79,17 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
         out.mkdir(parents=True, exist_ok=True)
         files.append(write_metrics(out, metrics))
     return metrics, files
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast where ``precision`` resolves to bf16 (``meme.device.resolve_precision``), else nothing."""
+    from contextlib import nullcontext
+
+    from meme.device import resolve_precision
+
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def write_metrics(out_dir, metrics: dict) -> Path:
