@@ -221,7 +221,7 @@ def test_generators_never_write_over_files_they_did_not_make(tmp_path, capsys):
     assert "train-images-idx3-ubyte exists and was not written by `meme data synthetic`" in line, line
     assert _md5s(d) == before
     line = _one_error_line(capsys, meme_cli.main(["data", "download", "--data-dir", str(d), "--force"]))
-    assert "--force applies to svhn-standin and synthetic" in line
+    assert "--force applies to svhn-standin, synthetic and polymnist, not to download" in line
 
 
 def test_eval_into_the_run_folder_is_refused(tmp_path, capsys):
