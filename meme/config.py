@@ -143,7 +143,13 @@ class TrainConfig(FlatConfig):
     K: int = key(10, 'extra posterior samples in the log q(t|s) estimate')
     lam: float = key(10.0, 'weight of log q(t|s)')
     n_pseudo: int = key(100, 'pseudo-samples per modality (mixture prior of a missing modality)')
-    direction: str = key("both", 'both | t_supervises_s | s_supervises_t')
+    direction: str = key("both", 'both | t_supervises_s | s_supervises_t (two modalities; with more, every observed '
+                         'modality supervises the rest: both)')
+    meme_combine: str = key("", 'MEME with more than two modalities: how the conditional prior combines the other '
+                            'observed modalities\' encoders, product (analytic KL) | mixture (KL estimated on the K+1 '
+                            'posterior samples); "" = product')
+    meme_pseudo: bool = key(True, "MEME: an example observing one modality alone gets the pseudo-sample mixture prior "
+                            "(eq. 3-4; --no-meme-pseudo: the standard normal, the pseudo-samples unused, an ablation)")
     beta: float = key(1.0, 'weight of the KL / JS term of MVAE, MoPoE and mmJSD')
     mmvae_posterior: str = key("gaussian", 'posterior and prior family of MMVAE: gaussian (like-for-like) | laplace (original MMVAE)')
     mmvae_estimator: str = key("elbo", 'MMVAE objective: elbo (stratified, as published) | iwae | dreg')
@@ -205,6 +211,7 @@ class TrainConfig(FlatConfig):
 
         check_observed(self.observed, names, self.p_observed, f" for dataset {self.dataset}")
         check_choice("direction", self.direction, DIRECTIONS)
+        self._check_meme_keys(len(names))
         from meme.models.mmvae import ESTIMATORS, FAMILIES
 
         _positive(self, "mmvae_samples")
@@ -213,6 +220,19 @@ class TrainConfig(FlatConfig):
         check_choice("mmvae_estimator", self.mmvae_estimator, ESTIMATORS)
         check_device_name(self.device)
 
+    def _check_meme_keys(self, n_modalities: int) -> None:
+        from meme.models.meme import COMBINES
+
+        if self.meme_combine:
+            check_choice("meme_combine", self.meme_combine, COMBINES)
+        given = [f"{k}={v!r}" for k, v in (("meme_combine", self.meme_combine), ("meme_pseudo", self.meme_pseudo))
+                 if v != TrainConfig.__dataclass_fields__[k].default]
+        if given and self.model != "meme":
+            raise MemeError(f"{', '.join(given)} is a key of model meme only; model {self.model!r} has no such part "
+                            f"(leave it out, or use --model meme)")
+        if self.direction != "both" and n_modalities > 2:
+            raise MemeError(f"direction={self.direction!r} names one of two modalities' directions; with "
+                            f"{n_modalities} modalities every observed modality supervises the rest: use 'both'")
 
 
 

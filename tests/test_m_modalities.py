@@ -17,7 +17,6 @@ from meme.data.paired import PairedData
 from meme.errors import MemeError
 from meme.models import MMJSD, MMVAE, MVAE, MoPoE
 from meme.models.experts import component_of
-from meme.models.meme import MEME
 from meme.nets.shaped import VectorModality
 
 L = 4
@@ -255,12 +254,6 @@ def test_mmvae_learns_from_patterns_of_two_or_more_and_refuses_one():
         model.loss(batch_of(xs, y, (False, True, False)))
 
 
-def test_meme_refuses_more_than_two_modalities_naming_the_feature_that_is_not_built_yet():
-    with pytest.raises(MemeError, match=r"meme takes 2 modalities, the dataset has 3; MEME beyond two modalities "
-                                        r"\(the paper's appendix E, with meme_combine\) is not built yet"):
-        models_for(MEME, 3)
-
-
 # ------------------------------------------------------------------ evaluation with M modalities
 def test_coherence_given_a_subset_is_the_fused_posterior_decoded_and_judged():
     """``subset_coherence`` against a literal loop: MVAE's product with the prior expert and MMVAE's mixture
@@ -312,17 +305,19 @@ def three_modalities(d, n_train=240, n_test=60, rows=None, names=("a", "b", "c")
     return d / "data.yaml"
 
 
-@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd"])
-def test_every_baseline_trains_and_evaluates_on_a_three_modality_dataset_file(tmp_path, capsys, model):
+@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd", "meme", "meme_mixture"])
+def test_every_model_trains_and_evaluates_on_a_three_modality_dataset_file(tmp_path, capsys, model):
     import json
 
     from meme.cli import main
 
     data = three_modalities(tmp_path / "d")
     out = tmp_path / "run"
+    extra = ["--meme-combine", "mixture", "--n-pseudo", "8"] if model == "meme_mixture" else []
+    model = model.split("_")[0]
     assert main(["train", "--dataset", str(data), "--model", model, "--epochs", "2", "--batch-size", "32",
                  "--supervision", "0.5", "--observed", "random", "--p-observed", "0.6", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--quiet", *extra]) == 0
     meta = json.loads((out / "metadata.json").read_text())
     counts = {k: v for k, v in meta.items() if k.startswith("n_") and k != "n_parameters"}
     assert counts["n_paired"] >= 120 and {"n_observed_a+b", "n_observed_b+c"} <= set(counts)
@@ -363,7 +358,13 @@ def _md5s(root):
     ("ok", ["--observed", "random", "--p-observed", "0"], ["p_observed=0.0 is outside (0, 1]"]),
     ("ok", ["--observed", "random", "--p-observed", "1.2"], ["p_observed=1.2 is outside (0, 1]"]),
     ("ok", ["--observed", "a:0,b+c:0"], ["the subset weights sum to 0; they must sum to a positive number"]),
-    ("ok", ["--model", "meme"], ["meme takes 2 modalities, the dataset has 3", "appendix E"]),
+    ("ok", ["--model", "meme", "--meme-combine", "sum"], ["unknown meme_combine 'sum'; valid: product, mixture"]),
+    ("ok", ["--model", "meme", "--n-pseudo", "0"], ["n_pseudo=0 must be a positive integer"]),
+    ("ok", ["--model", "mopoe", "--meme-combine", "mixture"],
+     ["meme_combine='mixture' is a key of model meme only; model 'mopoe' has no such part"]),
+    ("ok", ["--model", "mvae", "--no-meme-pseudo"], ["meme_pseudo=False is a key of model meme only"]),
+    ("ok", ["--model", "meme", "--direction", "s_supervises_t"],
+     ["direction='s_supervises_t' names one of two modalities' directions; with 3 modalities", "use 'both'"]),
 ])
 def test_bad_m_modality_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, argv, words):
     from meme.cli import main

@@ -117,7 +117,7 @@ def test_logsumexp_estimate_includes_posterior_sample_and_bounds_weight(batch_da
     eps = torch.randn(K + 1, B, L)
     lq = torch.stack([model.mods[1].log_likelihood(xt, model.mods[1].decode(mu + sigma * eps[k])) for k in range(K + 1)])
     by_hand = torch.log(torch.exp(lq - lq.max(0).values).mean(0)) + lq.max(0).values
-    t = terms[(0, 1)]
+    t = terms[(0, (1,))]
     err = (t["log_q"] - by_hand).abs().max()
     assert err < 2e-3
     assert (t["cls"] - lq[0]).abs().max() < 2e-3               # q(t|z) at the posterior sample itself
@@ -193,8 +193,8 @@ def test_swapping_modalities_swaps_direction_terms(batch_data):
     # the fast path agrees: its per-direction KL terms (noise-free) swap places
     t1 = model.paired_terms((xs, xt))
     t2 = sw.paired_terms((xt, xs))
-    assert torch.allclose(t1[(0, 1)]["kl"], t2[(1, 0)]["kl"]) and torch.allclose(t1[(1, 0)]["kl"], t2[(0, 1)]["kl"])
-    assert not torch.allclose(t1[(0, 1)]["kl"], t1[(1, 0)]["kl"])
+    assert torch.allclose(t1[(0, (1,))]["kl"], t2[(1, (0,))]["kl"]) and torch.allclose(t1[(1, (0,))]["kl"], t2[(0, (1,))]["kl"])
+    assert not torch.allclose(t1[(0, (1,))]["kl"], t1[(1, (0,))]["kl"])
 
 
 def test_mixture_prior_uses_the_missing_modalitys_pseudo_samples(batch_data):

@@ -139,12 +139,14 @@ def test_published_polymnist_networks_layer_by_layer():
     assert torch.allclose(mod.log_likelihood(x, out), want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd"])
-def test_every_baseline_trains_and_evaluates_on_polymnist(built, tmp_path, capsys, model):
+@pytest.mark.parametrize("model", ["mvae", "mmvae", "mopoe", "mmjsd", "meme", "meme_mixture"])
+def test_every_model_trains_and_evaluates_on_polymnist(built, tmp_path, capsys, model):
     out = tmp_path / "run"
-    assert main(["train", "--dataset", str(built / "polymnist.yaml"), "--model", model, "--epochs", "1",
+    extra = ["--meme-combine", "mixture"] if model == "meme_mixture" else []
+    extra += ["--K", "2", "--n-pseudo", "8"] if model.startswith("meme") else []
+    assert main(["train", "--dataset", str(built / "polymnist.yaml"), "--model", model.split("_")[0], "--epochs", "1",
                  "--batch-size", "64", "--latent-dim", "16", "--supervision", "0.5", "--observed", "random",
-                 "--out", str(out), "--quiet", "--max-test-pairs", "40"]) == 0
+                 "--out", str(out), "--quiet", "--max-test-pairs", "40", *extra]) == 0
     m = json.loads((out / "eval" / "metrics.json").read_text())
     for k in ("coherence_given_1", "coherence_given_2", "coherence_given_3", "coherence_given_4", "latent_acc_joint",
               "coherence_m0_to_m4", "classifier_acc_m2", "coherence_joint"):

@@ -1,7 +1,7 @@
-r"""MEME: the mutually supervised multimodal VAE (Joy et al., ICLR 2022).
+r"""MEME: the mutually supervised multimodal VAE (Joy et al., ICLR 2022), for two modalities (the paper's
+eq. 1-5) and for M > 2 (its appendix E).
 
-Two modalities s and t, four networks (one encoder and one decoder each), shared by both directions.
-
+**Two modalities.** s and t, four networks (one encoder and one decoder each), shared by both directions.
 One direction, "t supervises s" (paper eq. 1, appendix A); q(z|s) is the posterior, p(z|t) the
 conditional prior, p(s|z) the likelihood and q(t|z) the "classifier":
 
@@ -25,6 +25,49 @@ t missing (eq. 3-4), with N learnable pseudo-samples :math:`u_n` in t's input sp
 t's decoder gets no gradient from :math:`\mathcal{L}(s)`; t's encoder and the pseudo-samples do.
 The loss returned is the negative batch mean of the relevant term.
 
+**M modalities** (appendix E). A batch observes a set O of the modalities. When :math:`|O| \ge 2`, every
+observed modality m in turn is the posterior and the rest of O, :math:`R = O \setminus \{m\}`, supervises it:
+
+.. math::
+
+    z_0, \dots, z_K &\sim q(z|x_m), \qquad
+    \log q(x_R|z) = \textstyle\sum_{r \in R} \log q(x_r|z) \quad (\text{the product of their likelihoods}) \\
+    \log q(x_R|x_m) &\approx \operatorname{logsumexp}_{k} \log q(x_R|z_k) - \log(K+1), \qquad
+    w = \exp(\log q(x_R|z_0) - \log q(x_R|x_m)) \\
+    \mathcal{L}_{m\leftarrow R} &= \operatorname{sg}(w)\,[\log p(x_m|z_0) - \log q(x_R|z_0)
+        - \mathrm{KL}(q(z|x_m)\,\|\,p_f(z|x_R))] + \lambda \log q(x_R|x_m), \qquad
+    \mathcal{L}_{MEME}(O) = \textstyle\sum_{m \in O} \mathcal{L}_{m\leftarrow R}
+
+(with three modalities s, t, u: :math:`R(s, f(t, u)) + R(t, f(s, u)) + R(u, f(s, t))`). The conditional prior
+:math:`p_f(z|x_R) = f(q(z|x_r) : r \in R)` combines the other observed modalities' encoders, chosen by
+``combine`` (the config's ``meme_combine``):
+
+* ``product``: :math:`p_f \propto \prod_{r} q(z|x_r)`, a Gaussian (precisions add, the mean is precision-weighted,
+  no prior expert); the KL stays analytic.
+* ``mixture``: :math:`p_f = \tfrac1{|R|}\sum_r q(z|x_r)`, whose KL from a Gaussian has no closed form. It is
+  estimated by Monte Carlo on the K+1 posterior samples the step draws anyway,
+  :math:`\widehat{\mathrm{KL}} = \tfrac1{K+1}\sum_k [\log q(z_k|x_m) - \log p_f(z_k|x_R)]`: unbiased (the mean
+  of a function of exact samples of q), reparameterised, and free of extra network calls.
+
+With one modality in R the two coincide and the KL is the analytic one, so two modalities give exactly the
+two-modality objective above whatever ``combine`` is. Missing modalities take no part: their encoders and
+decoders get exactly zero gradient from the batch.
+
+When every other modality is missing (:math:`O = \{m\}`), m's conditional prior is the pseudo-sample mixture
+of eq. 3-4 over **every other modality's** pseudo-samples, each passed through its own modality's encoder:
+:math:`\hat p(z) = \tfrac1{(M-1)N} \sum_{r \ne m} \sum_n q(z|u^r_n)`. The prior given nothing observed of
+the rest is the marginal of :math:`p_f` over the missing modalities; each :math:`\tfrac1N\sum_n q(z|u^r_n)` is
+the learned approximation of r's marginal :math:`\int q(z|x_r)\,p(x_r)\,dx_r`, and with f = mixture the
+marginal is exactly their mixture. With f = product the marginal of a product is not a product of the
+marginals (which would also have :math:`N^{M-1}` components), so both combinations use the mixture. With
+two modalities this is t's pseudo-samples, as in eq. 3-4. ``use_pseudo=False`` (the config's
+``--no-meme-pseudo``, an ablation) gives such an example the standard normal prior instead.
+
+**Cost.** A step encodes each observed modality once and calls each observed modality's decoder once, on
+the K+1 classifier samples of each of the |O| - 1 directions it supervises and the one likelihood sample of
+its own direction: :math:`|O|(|O|-1)(K+1) + |O|` decoder evaluations per example, growing as M(M-1), not
+as the :math:`2^M` subsets.
+
 The fast path computes each encoder once per batch and each decoder once per batch (the K+1
 classifier evaluations of one direction and the likelihood of the other direction share one call).
 
@@ -32,9 +75,14 @@ classifier evaluations of one direction and the likelihood of the other directio
 encoder call normalises by the statistics of its own batch, so the pseudo-samples of a missing
 modality, passed through that modality's encoder, are normalised by theirs; the K+1 samples of a
 direction come from one posterior, whose re-encoding in the published code gives the same outputs;
-the running averages move as often as the published code encodes each batch (three times per paired
-step, see ``meme.nets.base.batchnorm_passes``). Evaluation runs in eval mode, on the running averages.
+the running averages move as often as the published code encodes each batch (see
+``meme.nets.base.batchnorm_passes``): twice for the direction where the modality is the posterior and once
+for each direction whose conditional prior it is part of (three times per paired step with two modalities).
+Evaluation runs in eval mode, on the running averages.
 ``meme.models.reference.reference_meme_loss`` computes the same quantity term by term, as written.
+
+**Generation from a subset S** (the evaluation): z from :math:`f(q(z|x_s) : s \in S)`, the same combination
+as the conditional prior (``fuse``), so a single input is its own posterior.
 """
 from __future__ import annotations
 
@@ -45,9 +93,11 @@ from meme.batch import Batch
 from meme.dists import kl_normal, log_mean_exp, mixture_normal_log_prob, normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel
+from meme.models.experts import poe
 from meme.nets.base import Modality, as_float, batchnorm_passes
 
 DIRECTIONS = ("both", "t_supervises_s", "s_supervises_t")
+COMBINES = ("product", "mixture")
 
 
 def pseudo_init_rows(data, observation, m: int, n: int, seed: int, modality: Modality | None = None) -> Tensor:
@@ -63,22 +113,32 @@ def pseudo_init_rows(data, observation, m: int, n: int, seed: int, modality: Mod
     return modality.pseudo_input(rows) if modality is not None else as_float(rows).float()
 
 
+def mixture_kl(z: Tensor, mu: Tensor, sigma: Tensor, mus: Tensor, sigmas: Tensor) -> Tensor:
+    """Monte Carlo KL( N(mu, sigma) || (1/C) sum_c N(mus_c, sigmas_c) ) per example, on samples z (S, B, L) of the
+    first: the mean over S of log q(z) - log p(z). ``mus``/``sigmas``: (C, B, L). Returns (B,), fp32."""
+    z, mus, sigmas = z.float(), mus.float(), sigmas.float()
+    log_q = normal_log_prob(z, mu.float(), sigma.float())                           # (S, B)
+    log_p = log_mean_exp(normal_log_prob(z.unsqueeze(1), mus, sigmas), 1)           # (S, C, B) -> (S, B)
+    return (log_q - log_p).mean(0)
+
+
 class MEME(MultimodalModel):
     name = "meme"
-    max_modalities = 2
-    beyond = ("MEME beyond two modalities (the paper's appendix E, with meme_combine) is not built yet; for now "
-              "use mvae, mmvae, mopoe or mmjsd")
 
-    def __init__(self, modalities: tuple[Modality, Modality], K: int = 10, lam: float = 10.0,
+    def __init__(self, modalities: tuple[Modality, ...], K: int = 10, lam: float = 10.0,
                  n_pseudo: int = 100, direction: str = "both",
-                 pseudo_init: tuple[Tensor, Tensor] | None = None):
+                 pseudo_init: tuple[Tensor, ...] | None = None, combine: str = "product", use_pseudo: bool = True):
         super().__init__(modalities)
         if K < 1:
             raise MemeError(f"K={K} must be at least 1 (the published code uses 10)")
         if n_pseudo < 1:
             raise MemeError(f"n_pseudo={n_pseudo} must be a positive number of pseudo-samples")
         check_choice("direction", direction, DIRECTIONS)
-        self.K, self.lam, self.direction = K, lam, direction
+        check_choice("meme_combine", combine, COMBINES)
+        if direction != "both" and len(modalities) > 2:
+            raise MemeError(f"direction={direction!r} names one of two modalities' directions; with "
+                            f"{len(modalities)} modalities every observed modality supervises the rest: use 'both'")
+        self.K, self.lam, self.direction, self.combine, self.use_pseudo = K, lam, direction, combine, use_pseudo
         if pseudo_init is None:
             pseudo_init = tuple(torch.rand(n_pseudo, *m.pseudo_shape) for m in modalities)
         for m, u in zip(modalities, pseudo_init):
@@ -90,80 +150,112 @@ class MEME(MultimodalModel):
     def from_config(cls, cfg, modalities, train_data, observation):
         init = tuple(pseudo_init_rows(train_data, observation, m, cfg.n_pseudo, cfg.seed, modalities[m])
                      for m in range(len(modalities)))
-        return cls(modalities, K=cfg.K, lam=cfg.lam, n_pseudo=cfg.n_pseudo, direction=cfg.direction, pseudo_init=init)
+        return cls(modalities, K=cfg.K, lam=cfg.lam, n_pseudo=cfg.n_pseudo, direction=cfg.direction, pseudo_init=init,
+                   combine=cfg.meme_combine or "product", use_pseudo=cfg.meme_pseudo)
 
-    # ------------------------------------------------------------------ paired
-    def _directions(self) -> list[tuple[int, int]]:
-        return {"both": [(0, 1), (1, 0)], "t_supervises_s": [(0, 1)], "s_supervises_t": [(1, 0)]}[self.direction]
+    # ------------------------------------------------------------------ observed together
+    def _directions(self, observed=None) -> list[tuple[int, tuple[int, ...]]]:
+        """(a, R): modality a is the posterior, the rest R of the observed modalities supervises it."""
+        if self.num_modalities == 2 and self.direction != "both":
+            return {"t_supervises_s": [(0, (1,))], "s_supervises_t": [(1, (0,))]}[self.direction]
+        O = [m for m in range(self.num_modalities) if observed is None or observed[m]]
+        return [(a, tuple(r for r in O if r != a)) for a in O]
 
-    def paired_terms(self, x: tuple[Tensor, Tensor]) -> dict[tuple[int, int], dict[str, Tensor]]:
-        """Per direction (a, b) (b supervises a): the per-example terms of L_{a<-b}."""
+    def conditional_prior_kl(self, post: list, a: int, R: tuple[int, ...], z: Tensor) -> Tensor:
+        """KL( q(z|x_a) || f(q(z|x_r) : r in R) ) per example (fp32); ``z``: a's K+1 posterior samples."""
+        if len(R) == 1:
+            return kl_normal(*post[a], *post[R[0]]).float()
+        mus, sigmas = torch.stack([post[r][0] for r in R]), torch.stack([post[r][1] for r in R])
+        if self.combine == "product":
+            return kl_normal(post[a][0].float(), post[a][1].float(), *poe(mus, sigmas))
+        return mixture_kl(z, *post[a], mus, sigmas)
+
+    def paired_terms(self, x, observed=None) -> dict[tuple[int, tuple[int, ...]], dict[str, Tensor]]:
+        """Per direction (a, R) (the rest R of the observed modalities supervises a): the per-example terms of
+        L_{a<-R}. ``observed``: which of ``x`` are observed (default: all)."""
         K1 = self.K + 1
-        dirs = self._directions()
-        post = []
-        for m in range(2):
-            # BatchNorm's running averages move as in the published code, which encodes m's batch twice
-            # where m is the data (posterior, then again for the K classifier samples) and once where it
-            # is the label (conditional prior); the outputs of those passes are identical.
-            passes = 2 * any(a == m for a, _ in dirs) + any(b == m for _, b in dirs)
+        dirs = self._directions(observed)
+        used = sorted({a for a, _ in dirs} | {r for _, R in dirs for r in R})
+        post = [None] * self.num_modalities
+        for m in used:
+            # BatchNorm's running averages move as in the published code, which encodes m's batch twice where m
+            # is the data (posterior, then again for the K classifier samples) and once for each direction whose
+            # conditional prior m is part of; the outputs of those passes are identical.
+            passes = 2 * any(a == m for a, _ in dirs) + sum(m in R for _, R in dirs)
             with batchnorm_passes(self.mods[m], passes):
-                post.append(self.mods[m].encode(x[m]))
+                post[m] = self.mods[m].encode(x[m])
         z = {}
         for a, _ in dirs:
             mu, sigma = post[a]
             z[a] = mu + sigma * torch.randn(K1, *mu.shape, device=mu.device, dtype=mu.dtype)
-        # One decoder call per modality m: the K+1 classifier samples of the direction where m is the
-        # label (z drawn from the other encoder), then the likelihood sample of the direction where m is data.
-        lik = {}
-        for m in range(2):
+        # One decoder call per modality r: the K+1 classifier samples of each direction r supervises (z drawn from
+        # that direction's posterior), then the likelihood sample of the direction where r is the data.
+        lik, rows = {}, {}
+        for r in used:
             parts = []
-            if (1 - m, m) in dirs:
-                parts.append(z[1 - m])
-            if (m, 1 - m) in dirs:
-                parts.append(z[m][:1])
-            zz = torch.cat(parts, 0)
-            out = self.mods[m].decode(zz)
-            lik[m] = self.mods[m].log_likelihood(x[m], out).float()  # (S, B)
+            for a, R in dirs:
+                if r in R:
+                    rows[(a, r)] = len(parts) * K1
+                    parts.append(z[a])
+            if r in z:
+                parts.append(z[r][:1])
+            out = self.mods[r].decode(torch.cat(parts, 0))
+            lik[r] = self.mods[r].log_likelihood(x[r], out).float()  # (S, B)
         terms = {}
-        for a, b in dirs:
-            log_q_b_z = lik[b][:K1]  # (K+1, B): log q(b | z_k), k = 0 is the posterior sample
-            log_p_a_z = lik[a][-1]   # log p(a | z_0)
-            log_q_b_a = log_mean_exp(log_q_b_z, 0)
-            w = torch.exp(log_q_b_z[0] - log_q_b_a).detach()
-            kl = kl_normal(*post[a], *post[b]).float()
-            terms[(a, b)] = {
-                "elbo": w * (log_p_a_z - log_q_b_z[0] - kl) + self.lam * log_q_b_a,
-                "recon": log_p_a_z, "cls": log_q_b_z[0], "kl": kl, "log_q": log_q_b_a, "w": w,
+        for a, R in dirs:
+            log_q_R_z = None  # (K+1, B): log q(x_R | z_k) = sum over r in R of log q(x_r | z_k); k = 0 is the posterior sample
+            for r in R:
+                part = lik[r][rows[(a, r)]:rows[(a, r)] + K1]
+                log_q_R_z = part if log_q_R_z is None else log_q_R_z + part
+            log_p_a_z = lik[a][-1]   # log p(x_a | z_0)
+            log_q_R_a = log_mean_exp(log_q_R_z, 0)
+            w = torch.exp(log_q_R_z[0] - log_q_R_a).detach()
+            kl = self.conditional_prior_kl(post, a, R, z[a])
+            terms[(a, R)] = {
+                "elbo": w * (log_p_a_z - log_q_R_z[0] - kl) + self.lam * log_q_R_a,
+                "recon": log_p_a_z, "cls": log_q_R_z[0], "kl": kl, "log_q": log_q_R_a, "w": w,
             }
         return terms
 
-    # ---------------------------------------------------------------- unpaired
+    # ---------------------------------------------------------------- one modality alone
+    def pseudo_prior(self, a: int) -> tuple[Tensor, Tensor]:
+        """The conditional prior of a when every other modality is missing: the components (N(M-1), L) of the
+        mixture over every other modality's pseudo-samples, each through its own modality's encoder."""
+        parts = [self.mods[b].encode(self.pseudo[b]) for b in range(self.num_modalities) if b != a]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def unpaired_terms(self, x: Tensor, a: int) -> dict[str, Tensor]:
-        """Per-example terms of L(a) when the other modality b is missing."""
-        b = 1 - a
+        """Per-example terms of L(a) when every other modality is missing."""
         mu, sigma = self.mods[a].encode(x)
         z = mu + sigma * torch.randn_like(mu)
-        mu_u, sigma_u = self.mods[b].encode(self.pseudo[b])
         log_q = normal_log_prob(z.float(), mu.float(), sigma.float())
-        log_p = mixture_normal_log_prob(z.float(), mu_u.float(), sigma_u.float())
+        if self.use_pseudo:
+            mu_u, sigma_u = self.pseudo_prior(a)
+            log_p = mixture_normal_log_prob(z.float(), mu_u.float(), sigma_u.float())
+        else:   # the ablation without pseudo-samples: the standard normal prior
+            log_p = normal_log_prob(z.float(), torch.zeros_like(z, dtype=torch.float32), torch.ones_like(z, dtype=torch.float32))
         recon = self.mods[a].log_likelihood(x, self.mods[a].decode(z)).float()
         return {"elbo": recon - (log_q - log_p), "recon": recon, "kl": log_q - log_p}
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        s, t = self.names
-        if batch.observed == (True, True):
-            terms = self.paired_terms(batch.x)
-            total = sum(v["elbo"] for v in terms.values())
+        observed = [m for m, o in enumerate(batch.observed) if o]
+        if len(observed) >= 2:
+            terms = self.paired_terms(batch.x, batch.observed)
+            total = None
+            for v in terms.values():
+                total = v["elbo"] if total is None else total + v["elbo"]
             metrics = {}
-            for (a, b), v in terms.items():
-                na, nb = self.names[a], self.names[b]
+            for (a, R), v in terms.items():
+                na, nr = self.names[a], "_".join(self.names[r] for r in R)
                 metrics[f"recon_{na}"] = v["recon"].mean()
-                metrics[f"cls_{nb}_given_z"] = v["cls"].mean()
+                metrics[f"cls_{nr}_given_z"] = v["cls"].mean()
                 metrics[f"kl_{na}"] = v["kl"].mean()
-                metrics[f"log_q_{nb}_given_{na}"] = v["log_q"].mean()
-                metrics[f"w_{nb}_given_{na}"] = v["w"].mean()
+                metrics[f"log_q_{nr}_given_{na}"] = v["log_q"].mean()
+                metrics[f"w_{nr}_given_{na}"] = v["w"].mean()
         else:
-            a = 0 if batch.observed[0] else 1
+            a = observed[0]
             v = self.unpaired_terms(batch.x[a], a)
             total = v["elbo"]
             na = self.names[a]
@@ -172,9 +264,21 @@ class MEME(MultimodalModel):
         metrics["loss"] = loss.detach()
         return loss, {k: v.detach() for k, v in metrics.items()}
 
+    # ---------------------------------------------------------------- generation
+    def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The posterior given a subset S: f over the encoders in S, as the conditional prior combines them
+        (product: one Gaussian; mixture: their equally weighted mixture)."""
+        if self.combine == "product" and len(experts) > 1:
+            mu, sigma = poe(torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]))
+            return mu.unsqueeze(0), sigma.unsqueeze(0)
+        return super().fuse(experts)
+
     def sample_prior(self, n: int) -> Tensor:
-        """z from the pseudo-sample mixture of both modalities (MEME has no unconditional prior)."""
-        mus, sigmas = zip(*(self.mods[m].encode(self.pseudo[m]) for m in range(2)))
+        """z from the pseudo-sample mixture of every modality (MEME has no unconditional prior; without
+        pseudo-samples, the standard normal)."""
+        if not self.use_pseudo:
+            return super().sample_prior(n)
+        mus, sigmas = zip(*(self.mods[m].encode(self.pseudo[m]) for m in range(self.num_modalities)))
         mu, sigma = torch.cat(mus), torch.cat(sigmas)
         pick = torch.randint(mu.shape[0], (n,), device=mu.device)
         return mu[pick] + sigma[pick] * torch.randn(n, mu.shape[1], device=mu.device, dtype=mu.dtype)
