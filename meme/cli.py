@@ -62,6 +62,8 @@ def cmd_data(args) -> int:
         raise MemeError("--out goes with mnist-views and polymnist (where to write their tables), and only with them")
     if args.from_release and args.what != "polymnist":
         raise MemeError(f"--from-release goes with polymnist, not {args.what}")
+    if args.plain_backgrounds and args.what != "polymnist":
+        raise MemeError(f"--plain-backgrounds goes with polymnist, not {args.what}")
     if args.from_release and (args.n_train or args.n_test):
         raise MemeError("--n-train and --n-test build PolyMNIST from MNIST; a release (--from-release) is read whole")
     if args.what == "download":
@@ -85,7 +87,8 @@ def cmd_data(args) -> int:
         release = args.from_release and check_existing_dir(args.from_release, "--from-release")
         out = check_dir_target(args.out or root / "PolyMNIST", "--out")
         written = write_polymnist(out, root, args.n_train, args.n_test, args.seed,
-                                  release=release, download=not args.no_download, force=args.force)
+                                  release=release, download=not args.no_download, force=args.force,
+                                  plain=args.plain_backgrounds)
         if written:
             print(f"wrote PolyMNIST into {written[-1].parent}: train with --dataset {written[-1]}")
     elif args.what == "synthetic":
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="mnist-views and polymnist: the folder to write the tables and the "
                    "dataset file (polymnist: default <data dir>/PolyMNIST, where --dataset polymnist reads it)")
     d.add_argument("--no-download", action="store_true", help="mnist-views and polymnist: fail instead of downloading MNIST")
+    d.add_argument("--plain-backgrounds", action="store_true", help="polymnist: each modality's background one colour "
+                   "(its photo's mean) instead of crops of the photo: a reduced PolyMNIST that a CPU learns in a few "
+                   "epochs (polymnist_reduced), not the benchmark")
     d.add_argument("--from-release", default=None, metavar="DIR", help="polymnist: the official PolyMNIST release "
                    "(DIR/train/m0..m4/<index>.<label>.png and DIR/test/...) instead of building it from MNIST")
     d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")

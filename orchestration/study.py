@@ -131,6 +131,8 @@ NAME_FORMAT = {
     "lr": "lr{:.2g}".format, "K": "K{}".format, "lam": "lam{:g}".format, "data_seed": "d{}".format,
     "batch_size": "b{}".format, "beta": "beta{:g}".format, "pairings": "pairings{}".format,
     "paired_only": _fmt_flag("pairedonly", "withunpaired"),
+    "meme_pseudo": _fmt_flag("pseudo", "nopseudo"),
+    "observed": lambda v: v.replace(" ", "").replace(":", "x").replace(",", "_"),   # subsets "a+b:2, c:1" -> a+bx2_cx1
 }
 ALWAYS_NAMED = ("model", "supervision", "observed")
 
@@ -143,6 +145,8 @@ def trial_name(config: dict, varying=(), index: int | None = None) -> str:
         v = config.get(k)
         if v is None:   # not known yet: drawn by the searcher when the trial starts
             parts.append(f"{k}?")
+        elif v == "":   # a key left at its empty default (meme_combine of a model without one)
+            continue
         elif k in NAME_FORMAT:
             parts.append(NAME_FORMAT[k](v))
         elif isinstance(v, str):

@@ -148,7 +148,13 @@ def test_stopped_study_saves_its_state_and_a_resubmitted_resume_completes_it(clu
     assert f"resuming {run_dir}" in r.stdout
     after = trial_results(run_dir)
     for trial, rs in after.items():
-        assert [res["epoch"] for res in rs] == [1, 2, 3, 4], (trial, "each epoch reported once, in order")
+        epochs = [res["epoch"] for res in rs]
+        # Ray's own result.json is at-least-once: a stop that lands after an epoch's report but before Ray has
+        # recorded its checkpoint replays that one epoch from the checkpoint before it, so that epoch, and only
+        # it (the last one reported before the stop), may appear twice there; MLflow below logs each epoch once
+        stopped_at = max((res["epoch"] for res in before.get(trial, [])), default=None)
+        assert epochs == sorted(epochs) and sorted(set(epochs)) == [1, 2, 3, 4], (trial, epochs)
+        assert all(epochs.count(e) == 1 or (e == stopped_at and epochs.count(e) == 2) for e in epochs), (trial, epochs)
     children = mlflow_children(cluster.tracking_uri, state)
     assert len(children) == 2
     for child in children:

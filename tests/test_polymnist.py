@@ -61,6 +61,41 @@ def test_the_five_modalities_show_the_same_class_over_their_own_backgrounds(buil
     assert not np.array_equal(x[1], x[2])
 
 
+def test_plain_backgrounds_are_each_photos_mean_colour_under_the_same_digits(built, synth_dir, tmp_path, capsys):
+    from skimage import data
+
+    from meme.data.polymnist import BACKGROUNDS
+
+    out = tmp_path / "plain"
+    assert main(["data", "polymnist", "--out", str(out), "--data-dir", str(synth_dir), "--no-download",
+                 "--n-train", "300", "--n-test", "100", "--seed", "1", "--plain-backgrounds"]) == 0
+    for k, (name, photo) in enumerate(zip(NAMES, BACKGROUNDS)):
+        mean = np.asarray(getattr(data, photo)())[..., :3].reshape(-1, 3).mean(0).round().astype(np.uint8)
+        plain = np.load(out / f"{name}_train.npz")
+        crops = np.load(built / f"{name}_train.npz")["x"]
+        assert np.array_equal(plain["label"], np.load(built / f"{name}_train.npz")["label"])
+        colour = mean[None, :, None, None]
+        inverted = 255 - colour
+        is_bg = (plain["x"] == colour).all(1)
+        is_digit = (plain["x"] == inverted).all(1)
+        assert (is_bg | is_digit).all() and is_digit.any(), name   # two colours: the photo's mean, and its inverse
+        assert 0.02 < is_digit.mean() < 0.5 and crops.std() > plain["x"].std()   # strokes, over no texture
+    assert "plain backgrounds" in (out / "polymnist.yaml").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["data", "mnist-views", "--out", "X", "--plain-backgrounds"], "--plain-backgrounds goes with polymnist, not mnist-views"),
+    (["data", "polymnist", "--from-release", "R", "--plain-backgrounds"], "--plain-backgrounds builds PolyMNIST from MNIST"),
+])
+def test_plain_backgrounds_elsewhere_is_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "R").mkdir()
+    argv = [str(tmp_path / a) if a in ("X", "R") else a for a in argv]
+    assert main([*argv, "--data-dir", str(tmp_path / "d"), "--no-download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
 def test_the_official_release_layout_reads_back_to_the_same_tables(built, tmp_path, capsys):
     release = tmp_path / "release"
     for split in ("train", "test"):

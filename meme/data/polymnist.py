@@ -19,6 +19,10 @@ modality 0, MNIST image i of a seeded random subset, and in modality k > 0 a see
 background is taken, and the crop's colours are inverted where the digit is (c -> 255 - c). The photos ship
 with scikit-image (``BACKGROUNDS``): the official release used its own five photos, so the two differ in their
 backgrounds, not in their recipe.
+
+**Plain backgrounds** (``--plain-backgrounds``, a reduced PolyMNIST for a CPU, not the benchmark): each
+modality's background is one colour, its photo's mean, so the five modalities differ in colour only and the
+digit is all there is to model; the recipe is otherwise the same (same digits, same draws).
 """
 from __future__ import annotations
 
@@ -64,8 +68,9 @@ def files_for(out: Path) -> list[Path]:
     return [out / f"{n}_{split}.npz" for n in NAMES for split in ("train", "test")] + [out / "polymnist.yaml"]
 
 
-def backgrounds() -> list[np.ndarray]:
-    """The five background photos (H, W, 3) uint8, from scikit-image's data."""
+def backgrounds(plain: bool = False) -> list[np.ndarray]:
+    """The five background photos (H, W, 3) uint8, from scikit-image's data (``plain``: each as a 28 x 28 image of
+    its mean colour)."""
     try:
         from skimage import data
     except ImportError:
@@ -73,8 +78,10 @@ def backgrounds() -> list[np.ndarray]:
                         "pip install scikit-image") from None
     out = []
     for name in BACKGROUNDS:
-        img = np.asarray(getattr(data, name)())
-        out.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+        img = np.ascontiguousarray(np.asarray(getattr(data, name)())[..., :3]).astype(np.uint8)
+        if plain:
+            img = np.broadcast_to(img.reshape(-1, 3).mean(0).round().astype(np.uint8), (SIZE, SIZE, 3)).copy()
+        out.append(img)
     return out
 
 
@@ -171,11 +178,14 @@ def write_release_layout(root: Path, split: str, images: list[np.ndarray], label
 
 
 def write_polymnist(out, data_dir=None, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-                    release=None, download: bool = True, force: bool = False) -> list[Path]:
+                    release=None, download: bool = True, force: bool = False, plain: bool = False) -> list[Path]:
     """Build PolyMNIST into ``out`` (module docstring) from MNIST, or convert the official ``release``. A folder that
     already holds a PolyMNIST made otherwise is refused, naming both; made the same way, it is left as it is."""
     out = Path(out).expanduser().resolve()
-    source = _source(data_dir, n_train, n_test, seed, release)
+    if plain and release is not None:
+        raise MemeError("--plain-backgrounds builds PolyMNIST from MNIST; the release has its own backgrounds "
+                        "(give one or the other)")
+    source = _source(data_dir, n_train, n_test, seed, release, plain)
     made = _made_from(out)
     if made is not None and not force:
         if made == source:
@@ -190,7 +200,7 @@ def write_polymnist(out, data_dir=None, n_train: int | None = None, n_test: int 
     else:
         from meme.data.mnist_svhn import load_mnist
 
-        bgs = backgrounds()
+        bgs = backgrounds(plain)
         splits = {}
         for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
             x, y = load_mnist(data_dir, split, download)
@@ -210,17 +220,21 @@ def write_polymnist(out, data_dir=None, n_train: int | None = None, n_test: int 
     return targets
 
 
-def _source(data_dir, n_train, n_test, seed, release) -> dict:
+def _source(data_dir, n_train, n_test, seed, release, plain=False) -> dict:
     if release is not None:
         return {"release": str(Path(release).expanduser().resolve())}
-    return {"mnist": "MNIST", "n_train": n_train or MNIST_SIZES["train"], "n_test": n_test or MNIST_SIZES["test"],
-            "seed": seed, "backgrounds": list(BACKGROUNDS)}
+    source = {"mnist": "MNIST", "n_train": n_train or MNIST_SIZES["train"], "n_test": n_test or MNIST_SIZES["test"],
+              "seed": seed, "backgrounds": list(BACKGROUNDS)}
+    if plain:
+        source["plain"] = True
+    return source
 
 
 def _describe(source: dict) -> str:
     if "release" in source:
         return f"the release in {source['release']}"
-    return f"built from MNIST: {source['n_train']} train, {source['n_test']} test, seed {source['seed']}"
+    plain = ", plain backgrounds" if source.get("plain") else ""
+    return f"built from MNIST: {source['n_train']} train, {source['n_test']} test, seed {source['seed']}{plain}"
 
 
 def _made_from(out: Path) -> dict | None:
