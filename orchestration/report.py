@@ -195,7 +195,8 @@ def fmt_value(key: str, v) -> str:
 
 
 def series_label(keys, values) -> str:
-    return ", ".join(str(v) if isinstance(v, str) else f"{k}={fmt_value(k, v)}" for k, v in zip(keys, values)) or "all"
+    return ", ".join(str(v) if isinstance(v, str) else f"{k}={fmt_value(k, v)}" for k, v in zip(keys, values)
+                     if v != "") or "all"   # "": a key the series' model does not have (meme_combine of a baseline)
 
 
 # --------------------------------------------------------------- outputs

@@ -429,10 +429,13 @@ def test_a_study_on_three_modalities_runs_through_sweep_and_reports_coherence_by
     data = three_modalities(tmp_path / "d")
     study = tmp_path / "three.yaml"
     study.write_text(f"""\
-description: the baselines on three modalities, tiny
+description: every model on three modalities, tiny
 base: {{dataset: {data}, batch_size: 32, observed: random, supervision: 0.5}}
 grid:
-  model: [mvae, mmvae, mopoe, mmjsd]
+  - model: [meme]
+    meme_combine: [product, mixture]
+    n_pseudo: [8]
+  - model: [mvae, mmvae, mopoe, mmjsd]
 metric: coherence_given_2
 mode: max
 epochs: 1
@@ -449,7 +452,8 @@ report:
     client = tracking.client_for(uri)
     exp = client.get_experiment_by_name("three")
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.TAG_ROLE) != "study"]
-    assert sorted(r.data.params["model"] for r in runs) == ["mmjsd", "mmvae", "mopoe", "mvae"]
+    assert sorted((r.data.params["model"], r.data.params["meme_combine"]) for r in runs) == [
+        ("meme", "mixture"), ("meme", "product"), ("mmjsd", ""), ("mmvae", ""), ("mopoe", ""), ("mvae", "")]
     for r in runs:
         assert r.info.status == "FINISHED"
         m = r.data.metrics
