@@ -228,6 +228,10 @@ def _draw_by_inputs(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -
         return None
     fig = Figure(figsize=(6.0, 3.8), layout="constrained")
     ax = fig.subplots()
+    if len(lines) > 10:   # past the default ten colours, twenty, so that no two lines share one
+        from matplotlib import colormaps
+
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
     for skey, pts in sorted(lines.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3,
                     label=series_label(spec.series, skey))
@@ -236,7 +240,7 @@ def _draw_by_inputs(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -
     ax.set_ylabel(spec.y[0].rsplit("_", 1)[0].removesuffix("_given"))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right center", fontsize=8)
-    fig.suptitle(f"{spec.title or spec.name}  (mean ± std over seeds; {len({r.name for r in records})} runs)",
+    fig.suptitle(f"{spec.title or spec.name}\n(mean ± std over seeds; {len({r.name for r in records})} runs)",
                  fontsize=10)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{spec.name}.png"
