@@ -15,48 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.polymnist_speed import B, M, median_step, polymnist_like  # noqa: E402
 from meme.config import TrainConfig  # noqa: E402
-from meme.data.batch import gather  # noqa: E402
-from meme.data.polymnist import DATASET, NAMES  # noqa: E402
-from meme.train import Trainer  # noqa: E402
-
-B, M = 256, 5
-
-
-def polymnist_like(root: Path) -> Path:
-    """Random uint8 images in PolyMNIST's shape, as the built-in dataset's folder."""
-    d = root / "PolyMNIST"
-    d.mkdir()
-    g = np.random.default_rng(0)
-    for n in NAMES:
-        for split in ("train", "test"):
-            np.savez(d / f"{n}_{split}.npz", x=g.integers(0, 256, (2 * B, 3, 28, 28), dtype=np.uint8),
-                     label=np.arange(2 * B) % 10)
-    mods = "".join(f"  - {{name: {n}, train: {n}_train.npz, test: {n}_test.npz, kind: image, "
-                   f"networks: {{preset: polymnist, likelihood: laplace, scale: 0.75}}}}\n" for n in NAMES)
-    (d / "polymnist.yaml").write_text(DATASET.format(source="benchmark", modalities=mods))
-    return root
-
-
-def median_step(cfg: TrainConfig, steps: int) -> tuple[float, str]:
-    tr = Trainer(cfg)
-    batch = gather(tr.train_data, torch.arange(B), (True,) * M, "cpu")
-    for _ in range(2):
-        tr.step(batch)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        tr.step(batch)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2], tr.precision
 
 
 def main(argv=None) -> int:

@@ -36,40 +36,65 @@ MODELS = ("mvae", "mmvae", "mopoe", "mmjsd")
 B, L, M = 256, 512, 5
 
 OURS = textwrap.dedent("""
-    import json, sys, tempfile, time
+    import json, tempfile
     from pathlib import Path
-    import numpy as np, torch
+    import torch
     torch.set_num_threads({threads})
+    from benchmarks.polymnist_speed import median_step, polymnist_like
     from meme.config import TrainConfig
-    from meme.data.batch import gather
-    from meme.data.polymnist import DATASET, NAMES
-    from meme.train import Trainer
 
-    d = Path(tempfile.mkdtemp()) / "PolyMNIST"
+    root = polymnist_like(Path(tempfile.mkdtemp()))
+    out = {{}}
+    for model in {models}:
+        for precision in ("fp32", "auto"):
+            cfg = TrainConfig(dataset="polymnist", data_dir=str(root), model=model, batch_size={B},
+                              precision=precision, device="cpu", num_threads={threads})
+            out[f"{{model}}/{{precision}}"] = list(median_step(cfg, {steps}))
+    print(json.dumps(out))
+""")
+
+
+def polymnist_like(root: Path) -> Path:
+    """Random uint8 images in PolyMNIST's shape as the built-in dataset's folder ``root/PolyMNIST``; returns ``root``
+    (the data dir). Shared by this script's step timing and ``meme_m_speed.py``."""
+    import numpy as np
+
+    from meme.data.polymnist import DATASET, NAMES
+
+    d = root / "PolyMNIST"
     d.mkdir()
     g = np.random.default_rng(0)
     for n in NAMES:
         for split in ("train", "test"):
-            np.savez(d / f"{{n}}_{{split}}.npz", x=g.integers(0, 256, (2 * {B}, 3, 28, 28), dtype=np.uint8),
-                     label=np.arange(2 * {B}) % 10)
-    mods = "".join(f"  - {{{{name: {{n}}, train: {{n}}_train.npz, test: {{n}}_test.npz, kind: image, "
-                   f"networks: {{{{preset: polymnist, likelihood: laplace, scale: 0.75}}}}}}}}\\n" for n in NAMES)
+            np.savez(d / f"{n}_{split}.npz", x=g.integers(0, 256, (2 * B, 3, 28, 28), dtype=np.uint8),
+                     label=np.arange(2 * B) % 10)
+    mods = "".join(f"  - {{name: {n}, train: {n}_train.npz, test: {n}_test.npz, kind: image, "
+                   f"networks: {{preset: polymnist, likelihood: laplace, scale: 0.75}}}}\n" for n in NAMES)
     (d / "polymnist.yaml").write_text(DATASET.format(source="benchmark", modalities=mods))
-    out = {{}}
-    for model in {models}:
-        for precision in ("fp32", "auto"):
-            cfg = TrainConfig(dataset="polymnist", data_dir=str(d.parent), model=model, batch_size={B},
-                              precision=precision, device="cpu", num_threads={threads})
-            tr = Trainer(cfg)
-            batch = gather(tr.train_data, torch.arange({B}), (True,) * 5, "cpu")
-            for _ in range(2):
-                tr.step(batch)
-            times = []
-            for _ in range({steps}):
-                t = time.perf_counter(); tr.step(batch); times.append(time.perf_counter() - t)
-            out[f"{{model}}/{{precision}}"] = [sorted(times)[len(times) // 2], tr.precision]
-    print(json.dumps(out))
-""")
+    return root
+
+
+def median_step(cfg, steps: int) -> tuple[float, str]:
+    """The median time of ``steps`` training steps (``Trainer.step``) on one fully observed batch of ``B``, after two
+    warm-up steps, and the precision the run resolved to."""
+    import time
+
+    import torch
+
+    from meme.data.batch import gather
+    from meme.train import Trainer
+
+    tr = Trainer(cfg)
+    batch = gather(tr.train_data, torch.arange(B), (True,) * M, "cpu")
+    for _ in range(2):
+        tr.step(batch)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        tr.step(batch)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2], tr.precision
+
 
 THEIRS = textwrap.dedent("""
     import json, time
