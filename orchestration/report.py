@@ -228,10 +228,7 @@ def _draw_by_inputs(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -
         return None
     fig = Figure(figsize=(6.0, 3.8), layout="constrained")
     ax = fig.subplots()
-    if len(lines) > 10:   # past the default ten colours, twenty, so that no two lines share one
-        from matplotlib import colormaps
-
-        ax.set_prop_cycle(color=colormaps["tab20"].colors)
+    _colours(ax, len(lines))
     for skey, pts in sorted(lines.items(), key=lambda kv: tuple(map(_sort_key, kv[0]))):
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3,
                     label=series_label(spec.series, skey))
@@ -239,7 +236,22 @@ def _draw_by_inputs(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -
     ax.set_xlabel("number of input modalities")
     ax.set_ylabel(spec.y[0].rsplit("_", 1)[0].removesuffix("_given"))
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize=8)
+    return _finish(fig, ax, spec, records, out_dir)
+
+
+def _colours(ax, n_series: int) -> None:
+    """Past the default ten colours, twenty, so that no two of the series share one."""
+    if n_series > 10:
+        from matplotlib import colormaps
+
+        ax.set_prop_cycle(color=colormaps["tab20"].colors)
+
+
+def _finish(fig, ax, spec, records, out_dir: Path) -> Path:
+    """The legend (from ``ax``'s series), the title with the number of runs, and the PNG."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"{spec.title or spec.name}\n(mean ± std over seeds; {len({r.name for r in records})} runs)",
                  fontsize=10)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,10 +273,12 @@ def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Pa
     fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     xs_all = sorted({k[-1] for _, g in panels for k in g if isinstance(k[-1], (int, float))})
+    n_series = len({k[:-1] for _, g in panels for k in g})
     for ax, (metric, g) in zip(axes, panels):
         lines: dict[tuple, list] = {}
         for key, (m, sd, n) in g.items():
             lines.setdefault(key[:-1], []).append((key[-1], m, sd, n))
+        _colours(ax, n_series)
         for skey, pts in lines.items():
             pts.sort(key=lambda p: _sort_key(p[0]))
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4,
@@ -278,15 +292,7 @@ def draw_figure(spec: FigureSpec, records: list[RunRecord], out_dir: Path) -> Pa
         ax.set_xlabel(spec.x)
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    n_runs = len({r.name for r in records})
-    fig.suptitle(f"{spec.title or spec.name}  (mean ± std over seeds; {n_runs} runs)", fontsize=10)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{spec.name}.png"
-    fig.savefig(path, dpi=120)
-    return path
+    return _finish(fig, axes[0], spec, records, out_dir)
 
 
 def build_table(spec: TableSpec, records: list[RunRecord]) -> tuple[list[str], list[list[str]], list[dict]]:
