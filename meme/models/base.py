@@ -9,8 +9,7 @@
                                      ``fuse`` of the ``expert`` of each modality in S, as an equally
                                      weighted mixture of C Gaussian components stacked (C, B, L)
 
-A model takes M >= 2 modalities (``max_modalities`` bounds it where the objective is defined for fewer). A batch
-observes one pattern of them (``meme.batch.Batch``); models branch on ``batch.observed``. ``learns_from(pattern)``
+A model takes any number M >= 2 of modalities. A batch observes one pattern of them (``meme.batch.Batch``); models branch on ``batch.observed``. ``learns_from(pattern)``
 says which patterns the objective has a term for; the trainer leaves the others out.
 """
 from __future__ import annotations
@@ -25,10 +24,6 @@ from meme.nets.base import Modality
 
 class MultimodalModel(nn.Module):
     name: str = ""
-    #: the most modalities the objective is defined for (None: any number)
-    max_modalities: int | None = None
-    #: what to say to a user whose dataset has more modalities than ``max_modalities``
-    beyond: str = ""
     #: the fewest observed modalities of a pattern the objective has a term for (MMVAE: 2, its mixture needs two)
     min_observed: int = 1
 
@@ -110,6 +105,3 @@ def check_modality_count(model: type, count: int) -> None:
     """A model class and a dataset's number of modalities agree, or one line saying why not."""
     if count < 2:
         raise MemeError(f"{model.name} needs at least two modalities, got {count}")
-    if model.max_modalities is not None and count > model.max_modalities:
-        raise MemeError(f"{model.name} takes {model.max_modalities} modalities, the dataset has {count}; "
-                        f"{model.beyond or 'use mvae, mmvae, mopoe or mmjsd'}")

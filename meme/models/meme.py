@@ -203,10 +203,8 @@ class MEME(MultimodalModel):
             lik[r] = self.mods[r].log_likelihood(x[r], out).float()  # (S, B)
         terms = {}
         for a, R in dirs:
-            log_q_R_z = None  # (K+1, B): log q(x_R | z_k) = sum over r in R of log q(x_r | z_k); k = 0 is the posterior sample
-            for r in R:
-                part = lik[r][rows[(a, r)]:rows[(a, r)] + K1]
-                log_q_R_z = part if log_q_R_z is None else log_q_R_z + part
+            # (K+1, B): log q(x_R | z_k) = sum over r in R of log q(x_r | z_k); k = 0 is the posterior sample
+            log_q_R_z = sum(lik[r][rows[(a, r)]:rows[(a, r)] + K1] for r in R)
             log_p_a_z = lik[a][-1]   # log p(x_a | z_0)
             log_q_R_a = log_mean_exp(log_q_R_z, 0)
             w = torch.exp(log_q_R_z[0] - log_q_R_a).detach()
@@ -222,8 +220,6 @@ class MEME(MultimodalModel):
         """The conditional prior of a when every other modality is missing: the components (N(M-1), L) of the
         mixture over every other modality's pseudo-samples, each through its own modality's encoder."""
         parts = [self.mods[b].encode(self.pseudo[b]) for b in range(self.num_modalities) if b != a]
-        if len(parts) == 1:
-            return parts[0]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def unpaired_terms(self, x: Tensor, a: int) -> dict[str, Tensor]:
@@ -243,9 +239,7 @@ class MEME(MultimodalModel):
         observed = [m for m, o in enumerate(batch.observed) if o]
         if len(observed) >= 2:
             terms = self.paired_terms(batch.x, batch.observed)
-            total = None
-            for v in terms.values():
-                total = v["elbo"] if total is None else total + v["elbo"]
+            total = sum(v["elbo"] for v in terms.values())
             metrics = {}
             for (a, R), v in terms.items():
                 na, nr = self.names[a], "_".join(self.names[r] for r in R)
@@ -268,10 +262,11 @@ class MEME(MultimodalModel):
     def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """The posterior given a subset S: f over the encoders in S, as the conditional prior combines them
         (product: one Gaussian; mixture: their equally weighted mixture)."""
+        mixture = super().fuse(experts)   # the experts stacked (C, B, L), as a mixture
         if self.combine == "product" and len(experts) > 1:
-            mu, sigma = poe(torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]))
+            mu, sigma = poe(*mixture)
             return mu.unsqueeze(0), sigma.unsqueeze(0)
-        return super().fuse(experts)
+        return mixture
 
     def sample_prior(self, n: int) -> Tensor:
         """z from the pseudo-sample mixture of every modality (MEME has no unconditional prior; without
