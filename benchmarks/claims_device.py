@@ -52,7 +52,7 @@ def _trial(config: dict, eval_cfg: dict, run: str, threads: int, keep_checkpoint
     """One trial in its own process: ``meme.train.train`` into ``run`` (resuming a checkpoint there)."""
     import torch
 
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.eval import EvalConfig
     from meme.checkpoint import CHECKPOINT
     from meme.train import train

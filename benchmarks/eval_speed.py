@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.data import PairedData, get_dataset, make_observation
 from meme.eval import EvalConfig, evaluate
 from meme.eval.classifiers import build_classifier

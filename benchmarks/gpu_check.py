@@ -51,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from meme.config import TrainConfig  # noqa: E402
+from meme.models import TrainConfig  # noqa: E402
 from meme.data import PairedData  # noqa: E402
 from meme.data.batch import gather  # noqa: E402
 from meme.device import cpu_has_native_bf16  # noqa: E402

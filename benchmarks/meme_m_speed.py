@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.polymnist_speed import B, M, median_step, polymnist_like  # noqa: E402
-from meme.config import TrainConfig  # noqa: E402
+from meme.models import TrainConfig  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -52,11 +52,11 @@ eval: {{max_test_pairs: 256, n_latent_train: 1024, n_joint: 256, likelihood_k: 0
 
 def plain(study, data_dir: str, cpus: int) -> list[float]:
     """The trials back to back in this process: Trainer, run_epoch, the evaluation at the end. Seconds per trial."""
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.eval import load_classifiers
     from meme.eval.classifiers import classifier_dir
     from meme.train import Trainer
-    from orchestration.trainable import evaluate_model
+    from meme.eval import EvalConfig
 
     torch.set_num_threads(cpus)
     times = []
@@ -64,11 +64,11 @@ def plain(study, data_dir: str, cpus: int) -> list[float]:
         t0 = time.perf_counter()
         cfg = TrainConfig.from_dict(study.base_config(**point, data_dir=data_dir, download=False))
         trainer = Trainer(cfg)
-        classifiers = load_classifiers(trainer.model.names, classifier_dir(data_dir), device=trainer.device)
+        trainer.evaluator.classifiers = load_classifiers(trainer.model.names, classifier_dir(data_dir), device=trainer.device)
         while trainer.epoch < cfg.epochs:
             trainer.run_epoch()
         with tempfile.TemporaryDirectory() as d:
-            metrics = evaluate_model(trainer, classifiers, study.eval, out_dir=d, figures=True)
+            metrics, _ = trainer.evaluator(EvalConfig.from_dict(study.eval), out_dir=d, figures=True)
         times.append(time.perf_counter() - t0)
         print(f"  plain  seed {point['seed']}: {times[-1]:6.1f} s  coherence_cross_mean "
               f"{metrics.get('coherence_cross_mean', float('nan')):.4f}", flush=True)

@@ -41,7 +41,7 @@ OURS = textwrap.dedent("""
     import torch
     torch.set_num_threads({threads})
     from benchmarks.polymnist_speed import median_step, polymnist_like
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
 
     root = polymnist_like(Path(tempfile.mkdtemp()))
     out = {{}}
@@ -143,7 +143,7 @@ TWO = textwrap.dedent("""
     import json, time
     import torch
     torch.set_num_threads({threads})
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.data import PairedData
     from meme.data.batch import gather
     from meme.train import Trainer

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.data import PairedData
 from meme.data.batch import gather
 from meme.models import MODELS

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 
 CHECKPOINT = "checkpoint.pt"

@@ -19,7 +19,7 @@ log = logging.getLogger("meme")
 
 
 def _config_from_args(args):
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
 
     base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
     given = {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (options given here override it)")
     t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
 
     TrainConfig.add_options(t)
     t.set_defaults(func=cmd_train)

@@ -2,7 +2,9 @@
 checked before any trial starts (a misspelt name would otherwise rank every trial as missing).
 
 ``<s>``, ``<t>`` and ``<m>`` stand for the dataset's modality names (any two different ones, with M modalities). Per epoch (``meme.train``): ``loss``,
-``loss_<batch kind>``, the model's terms (``recon_*``, ``kl_*``, ``cls_*``, ``log_q_*``, ``w_*``, ``js_*``),
+``loss_<batch kind>``, the model's terms (``recon_*``, ``kl_*``, and those each model declares:
+``metric_prefixes`` and ``metric_names`` of ``meme.models.base.MultimodalModel``; MEME's ``cls_*``, ``log_q_*``,
+``w_*``, MMVAE's ``elbo``/``iwae``/``dreg``, mmJSD's ``js``),
 ``epoch``, ``epoch_time_s``, ``examples_per_s``, ``pairs_per_s``. From the evaluation (``meme.eval``, its
 table of metrics; in a trial every ``eval_every`` epochs and at the last): ``coherence_<s>_to_<t>``,
 ``coherence_cross_mean`` (the mean over every direction), ``coherence_given_<k>`` for k = 1 .. M-1 (the mean
@@ -19,10 +21,14 @@ import difflib
 import itertools
 import re
 
+from meme.models import MODELS
+
 _W2 = ("w2_paired_mean", "w2_unpaired_mean", "w2_gap", "w2_auroc", "w2_class_diag_mean", "w2_class_offdiag_mean")
 _FIXED = ("loss", "epoch", "epoch_time_s", "examples_per_s", "pairs_per_s", "coherence_cross_mean",
           "coherence_joint", "elbo_test", "n_test_pairs", "eval_time_s", "latent_acc_joint", *_W2)
-_PREFIXES = ("loss_", "recon_", "kl_", "cls_", "log_q_", "w_", "js_", "test_", "cca_", "classifier_acc_")
+_PREFIXES = ("loss_", "recon_", "kl_", "test_", "cca_", "classifier_acc_",
+             *dict.fromkeys(p for model in MODELS.values() for p in model.metric_prefixes))
+_MODEL_NAMES = tuple(dict.fromkeys(n for model in MODELS.values() for n in model.metric_names))
 
 
 def examples(names: tuple[str, ...]) -> list[str]:
@@ -41,7 +47,7 @@ def examples(names: tuple[str, ...]) -> list[str]:
 
 
 def is_known(metric: str, names: tuple[str, ...]) -> bool:
-    if metric in examples(names):
+    if metric in examples(names) or metric in _MODEL_NAMES:
         return True
     return any(metric.startswith(p) and len(metric) > len(p) for p in _PREFIXES)
 

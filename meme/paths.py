@@ -8,6 +8,15 @@ from pathlib import Path
 from meme.errors import MemeError
 
 
+#: what a ``dataset`` value ends with when it names a dataset file (``meme.data.dataset_file``) rather than a built-in
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def is_dataset_file(name: str) -> bool:
+    """True when a ``dataset`` value names a dataset file rather than a built-in dataset."""
+    return str(name).lower().endswith(FILE_SUFFIXES)
+
+
 def resolved(path, what: str) -> Path:
     """``path`` made absolute with its links followed, or a one-line ``MemeError`` naming ``what`` (a link loop)."""
     try:

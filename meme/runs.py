@@ -1,26 +1,26 @@
 """A run rebuilt from its config: the training pairs, which of them are paired, and the model.
 
-``build_run(cfg)`` is what ``meme.train.Trainer`` trains and what ``load_run`` fills with a checkpoint's
+``check_config(cfg)`` makes the checks of a config against its dataset (the modalities' names and count, the
+network family, the observation scheme, the model's own keys); ``build_run(cfg)`` is what ``meme.train.Trainer`` trains and what ``load_run`` fills with a checkpoint's
 weights (``meme eval``, the orchestrator), so a run is put together in one place only.
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from meme.checkpoint import check_checkpoint, load_checkpoint, stored_config
-from meme.config import TrainConfig
 from meme.data import PairedData, get_dataset, latent_size, make_observation
+from meme.data.observation import Observation, check_observed
 from meme.data.paired import check_classes
 from meme.device import check_fits, resolve_device
-from meme.data.observation import Observation
 from meme.errors import MemeError
-from meme.models import MODELS, build_model
+from meme.models import MODELS, TrainConfig, build_model
 from meme.models.base import check_modality_count
+from meme.nets import check_family
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,22 @@ class Run:
     model: nn.Module
 
 
+def check_config(cfg: TrainConfig):
+    """The config against its dataset, read from the dataset's description only (no tables): the network family
+    has networks for its modalities, the observation scheme names them, the model's keys suit their number.
+    Returns the dataset's spec."""
+    spec = get_dataset(cfg.dataset)
+    check_family(cfg.nets, spec.network_keys or spec.names)
+    check_observed(cfg.observed, spec.names, cfg.p_observed, f" for dataset {cfg.dataset}")
+    MODELS[cfg.model].check_config(cfg, spec.names)
+    return spec
+
+
 def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool = True) -> Run:
     """The training pairs (``max_train_pairs`` of them, seeded by ``data_seed``), the observation plan and the
     model, its initial weights drawn under ``cfg.seed``. A model that cannot learn from unpaired examples
     (MMVAE) trains on the paired part alone (``warn``: say so)."""
-    spec = get_dataset(cfg.dataset)
+    spec = check_config(cfg)
     data = train_data if train_data is not None else spec.load(cfg, "train")
     if tuple(data.names) != tuple(spec.names):
         raise MemeError(f"the data's modalities ({', '.join(data.names)}) are not dataset {cfg.dataset!r}'s "
@@ -53,10 +64,10 @@ def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool
     check_modality_count(MODELS[cfg.model], len(data.names))
     observation = make_observation(len(data), cfg.supervision, cfg.observed, data.names, cfg.paired_only,
                                    cfg.data_seed, cfg.p_observed)
-    check_sizes(cfg, data, observation)
+    check_sizes(cfg, data)
     torch.manual_seed(cfg.seed)
     modalities = spec.build_modalities(cfg, data)
-    check_batch_memory(cfg, modalities)
+    MODELS[cfg.model].check_run(cfg, data, observation, modalities, _device_for_sizes(cfg))
     model = build_model(cfg, modalities, data, observation)
     kept = observation.keep(model.learns_from)
     if kept.groups.keys() != observation.groups.keys():
@@ -74,29 +85,14 @@ def build_run(cfg: TrainConfig, train_data: PairedData | None = None, warn: bool
 BYTES_PER_PARAMETER = 16   # fp32 weight, its gradient and Adam's two moments
 
 
-def check_sizes(cfg: TrainConfig, data: PairedData, observation: Observation) -> None:
-    """Sizes that cannot fit, refused before anything is built: the latent layers, the classes of the labels, and
-    more pseudo-samples than rows to start them from."""
+def check_sizes(cfg: TrainConfig, data: PairedData) -> None:
+    """Sizes that cannot fit, refused before anything is built: the latent layers and the classes of the labels
+    (the model's own: ``check_run``)."""
     device = _device_for_sizes(cfg)
     latent = latent_size(cfg)
     # each modality's heads and first decoder layer are latent x hidden (512) matrices: three per modality
     check_fits(latent * 512 * 3 * 2 * BYTES_PER_PARAMETER, f"latent_dim={latent} (its layers)", device)
     check_classes(data.labels, "the training labels", device)
-    if cfg.model == "meme":
-        for m, rows in enumerate(observation.observing(i).numel() for i in range(len(data.names))):
-            if cfg.n_pseudo > max(rows, 100):
-                raise MemeError(f"n_pseudo={cfg.n_pseudo} is more than the {rows} training rows that observe "
-                                f"{data.names[m]!r}, which the pseudo-samples start from; give at most {max(rows, 100)}")
-
-
-def check_batch_memory(cfg: TrainConfig, modalities) -> None:
-    """MEME decodes (K + 2) x batch_size latents per modality and step: refused up front where that cannot fit."""
-    if cfg.model != "meme":
-        return
-    values = sum(math.prod(m.event_shape) for m in modalities)
-    # the decoded parameters and, for the backward pass, about as many activations again, in fp32
-    check_fits((cfg.K + 2) * cfg.batch_size * values * 4 * 2, f"K={cfg.K} at batch_size={cfg.batch_size} "
-               f"(per batch)", _device_for_sizes(cfg))
 
 
 def _device_for_sizes(cfg: TrainConfig) -> torch.device:

@@ -31,11 +31,12 @@ import torch
 from filelock import FileLock, Timeout
 
 from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.device import resolve_device, resolve_precision
 from meme.data import BatchLoader, get_dataset, latent_size
 from meme.data.batch import gather
 from meme.errors import MemeError
+from meme.eval.evaluator import Evaluator
 from meme.runs import build_run
 from meme.progress import bar as progress_bar
 
@@ -61,7 +62,6 @@ class Trainer:
         run = build_run(cfg, train_data)
         self.train_data, self.observation, self.model = run.train_data, run.observation, run.model.to(self.device)
         self._test_data = test_data
-        self._classifiers = None
         # compiled on CUDA, the step runs as CUDA graphs, where a fused Adam (one kernel) pays (benchmarks/gpu_check.py)
         fused = {"fused": True} if cfg.compile and self.device.type == "cuda" else {}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
@@ -72,6 +72,9 @@ class Trainer:
         self.loader = BatchLoader(self.train_data, self.observation, cfg.batch_size, self.device, cfg.seed, batchnorm)
         self.loss_fn = self._loss_fn()
         self.epoch = 0
+        #: the run's evaluation (``evaluator(eval_cfg, out_dir, figures)``): the suite, the dataset's extras, the
+        #: classifiers found once (set ``evaluator.classifiers`` to judge with others)
+        self.evaluator = Evaluator(cfg, self.model, self.train_data, lambda: self.test_data, self.device)
 
     # ----------------------------------------------------------------- data
     @property
@@ -172,26 +175,6 @@ class Trainer:
             yield metrics
 
     # ------------------------------------------------------------- evaluation
-    def evaluate(self, eval_cfg=None, classifiers=None, out_dir=None, figures: bool = False) -> tuple[dict, list]:
-        """The evaluation suite (``meme.eval.evaluate``, plus the dataset's extras such as CUB's CCA:
-        ``meme.eval.datasets``) on this model and the test set.
-
-        Classifiers default to ``meme.eval.classifiers.run_classifiers``: those stored under
-        ``<data_dir>/classifiers`` (missing ones are skipped, and so are their coherence metrics), or for a
-        dataset file the ones trained on its tables; ``eval_cfg`` defaults to ``EvalConfig(likelihood_k=0, seed=cfg.seed)``.
-        """
-        from meme.eval import EvalConfig
-        from meme.eval.classifiers import run_classifiers
-        from meme.eval.datasets import evaluate_run
-
-        if classifiers is None:   # found (for a dataset file: hashed, loaded or trained) once per trainer
-            if self._classifiers is None:
-                self._classifiers = run_classifiers(self.cfg, device=self.device)
-            classifiers = self._classifiers
-        eval_cfg = eval_cfg or EvalConfig(likelihood_k=0, seed=self.cfg.seed)
-        return evaluate_run(self.cfg, self.model, self.train_data, self.test_data, classifiers, eval_cfg,
-                            out_dir=out_dir, figures=figures)
-
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {"version": CHECKPOINT_VERSION, "model_name": self.cfg.model, "modalities": list(self.model.names),
@@ -243,7 +226,7 @@ def keep_logged_epochs(path: Path, last: int) -> None:
 
 def train(cfg: TrainConfig, out_dir=None, resume: bool = True, progress: bool = True, eval_cfg=None) -> Iterator[dict]:
     """Train ``cfg``; yield each epoch's metrics (the evaluations' as ``eval_<name>``, with ``eval_cfg``: an
-    ``EvalConfig``, default ``Trainer.evaluate``'s). With ``out_dir``: config, checkpoints, metrics.jsonl there."""
+    ``EvalConfig``, default ``Evaluator``'s: ``meme.eval.evaluator``). With ``out_dir``: config, checkpoints, metrics.jsonl there."""
     out = Path(out_dir) if out_dir else None
     trainer = Trainer(cfg)   # the data and the model first: a bad input leaves no run folder behind
     with RunLock(out):
@@ -306,12 +289,12 @@ def _train(trainer: Trainer, out: Path | None, resume: bool, progress: bool, eva
 
     def evaluate(final: bool) -> dict:
         if out is None or not final:
-            evals, _ = trainer.evaluate(eval_cfg, figures=final)
+            evals, _ = trainer.evaluator(eval_cfg, figures=final)
         else:  # written into a fresh folder, then moved in whole: eval/ never mixes two evaluations
             tmp = out / f".eval.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                evals, _ = trainer.evaluate(eval_cfg, out_dir=tmp, figures=True)
+                evals, _ = trainer.evaluator(eval_cfg, out_dir=tmp, figures=True)
                 old = out / f".eval.old-{os.getpid()}"
                 if (out / "eval").exists():
                     (out / "eval").rename(old)

@@ -46,7 +46,7 @@ def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
     """Load (and so validate) every dataset of the study once, downloading it if needed, and the classifiers the
     evaluation needs (training them once if missing: the digit classifiers, or a dataset file's own); returns
     modality -> classifier module (on the CPU) for the trials."""
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.data import get_dataset
     from meme.eval import CLASSIFIERS, ensure_classifiers
     from meme.eval.classifiers import run_classifiers

@@ -32,7 +32,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from orchestration import check_orchestration_installed
 from orchestration.study import INPUTS, Study, load_study, parse_study

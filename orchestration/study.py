@@ -43,7 +43,8 @@ from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
+from meme.runs import check_config
 from meme.errors import MemeError
 from meme.yamlio import load_yaml
 
@@ -122,18 +123,21 @@ def grid_points(grid) -> list[dict]:
 
 
 # ----------------------------------------------------------------- naming
-def _fmt_flag(prefix_true, prefix_false):
-    return lambda v: prefix_true if v else prefix_false
+def name_part(k: str, v) -> str:
+    """How a trial name shows key ``k`` at value ``v``: the key's own ``name`` (``meme.config.key``: a format, a
+    (true, false) pair or a function), else the value of a string key, else ``<key><value>``."""
+    fmt = TrainConfig.__dataclass_fields__[k].metadata.get("name")
+    if isinstance(fmt, tuple):
+        return fmt[0] if v else fmt[1]
+    if isinstance(fmt, str):
+        return fmt.format(v)
+    if fmt is not None:
+        return fmt(v)
+    if isinstance(v, str):
+        return v
+    return f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
 
 
-NAME_FORMAT = {
-    "supervision": "f{:g}".format, "n_pseudo": "p{}".format, "seed": "s{}".format, "latent_dim": "z{}".format,
-    "lr": "lr{:.2g}".format, "K": "K{}".format, "lam": "lam{:g}".format, "data_seed": "d{}".format,
-    "batch_size": "b{}".format, "beta": "beta{:g}".format, "pairings": "pairings{}".format,
-    "paired_only": _fmt_flag("pairedonly", "withunpaired"),
-    "meme_pseudo": _fmt_flag("pseudo", "nopseudo"),
-    "observed": lambda v: v.replace(" ", "").replace(":", "x").replace(",", "_"),   # subsets "a+b:2, c:1" -> a+bx2_cx1
-}
 ALWAYS_NAMED = ("model", "supervision", "observed")
 
 
@@ -147,12 +151,8 @@ def trial_name(config: dict, varying=(), index: int | None = None) -> str:
             parts.append(f"{k}?")
         elif v == "":   # a key left at its empty default (meme_combine of a model without one)
             continue
-        elif k in NAME_FORMAT:
-            parts.append(NAME_FORMAT[k](v))
-        elif isinstance(v, str):
-            parts.append(v)
         else:
-            parts.append(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}")
+            parts.append(name_part(k, v))
     if index is not None:
         parts.append(f"t{index}")
     return "-".join(parts)
@@ -211,7 +211,9 @@ class _Semantics:
 
     def config(self, key, d: dict) -> TrainConfig:
         try:
-            return TrainConfig.from_dict(d)
+            cfg = TrainConfig.from_dict(d)
+            check_config(cfg)
+            return cfg
         except MemeError as e:
             self.fail(key, str(e))
 

@@ -18,7 +18,7 @@ from pydantic import dataclasses as pyd
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from orchestration.study import INPUTS
 

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
+from meme.eval import EvalConfig
 from meme.train import CHECKPOINT, Trainer, load_checkpoint
 from orchestration.study import trial_name
 from orchestration.tracking import TrackingInfo, TrialTracker
@@ -118,19 +119,6 @@ def load_classifiers(sent: dict | None, names, device) -> dict:
     return {name: copy.deepcopy(sent[name]).to(device).eval() for name in names if name in sent}
 
 
-def evaluate_model(trainer: Trainer, classifiers: dict, eval_kwargs: dict, out_dir=None, figures: bool = False) -> dict:
-    """The evaluation suite on the trainer's model: coherence (both directions and their mean,
-    ``coherence_cross_mean``), latent accuracy, W2 (and more), as flat floats; for CUB also the correlation
-    under CCA (``meme.eval.datasets``)."""
-    from meme.eval import EvalConfig
-
-    t0 = time.perf_counter()
-    eval_cfg = EvalConfig.from_dict(eval_kwargs)
-    metrics, _ = trainer.evaluate(eval_cfg, classifiers, out_dir=out_dir, figures=figures)
-    metrics["eval_time_s"] = time.perf_counter() - t0
-    return metrics
-
-
 # --------------------------------------------------------------------- trial
 def run_trial(config: dict, settings: TrialSettings, session) -> dict:
     """Train one trial to ``cfg.epochs`` (resuming from the session's checkpoint); return the last metrics."""
@@ -163,11 +151,16 @@ def _train(cfg: TrainConfig, settings: TrialSettings, session, state, tracker) -
     if state is not None:
         trainer.load_state_dict(state)
         log.info("trial %s resumes after epoch %d", session.trial_key, trainer.epoch)
-    classifiers = load_classifiers(settings.classifiers, trainer.model.names, trainer.device)
+    trainer.evaluator.classifiers = load_classifiers(settings.classifiers, trainer.model.names, trainer.device)
+    eval_cfg = EvalConfig.from_dict(settings.eval)
 
     def evaluate(final: bool) -> dict:
+        """The run's evaluation (``meme.eval.evaluator``: coherence, latent accuracy, W2 and more, and CUB's CCA),
+        its time as ``eval_time_s``; the last one's files go to MLflow."""
         with tempfile.TemporaryDirectory(prefix="meme-eval-") as d:
-            metrics = evaluate_model(trainer, classifiers, settings.eval, out_dir=d if final else None, figures=final)
+            t0 = time.perf_counter()
+            metrics, _ = trainer.evaluator(eval_cfg, out_dir=d if final else None, figures=final)
+            metrics["eval_time_s"] = time.perf_counter() - t0
             if final and tracker is not None:
                 tracker.log_artifacts(d, "eval")
         return metrics

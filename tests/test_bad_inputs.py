@@ -133,9 +133,10 @@ def _parquet(path, values, labels=None):
 
 
 def _api_cases(d):
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.data import PairedData
     from meme.data.paired import write_array_table
+    from meme.train import Trainer
 
     x3 = np.zeros((3, 4), np.float32)
     a10 = write_array_table(d / "a10.parquet", np.zeros((10, 2)), np.arange(10))
@@ -156,7 +157,9 @@ def _api_cases(d):
         (lambda: PairedData.from_parquet(d / "none.parquet", a10), ["none.parquet does not exist"]),
         (lambda: write_array_table(d / "w.parquet", np.zeros((10, 2)), np.arange(7)), ["labels of shape (7,) for 10 rows"]),
         (lambda: write_array_table(d / "w.parquet", np.array(["a", "b"])), ["values must be numeric"]),
-        (lambda: TrainConfig(nets="mlp"), ["unknown nets 'mlp'; valid: published, appendix_k"]),
+        # the family against the dataset's modalities: checked where the run is built, before any data is read
+        (lambda: Trainer(TrainConfig(nets="mlp", device="cpu", data_dir=str(d / "empty"))),
+         ["unknown nets 'mlp'; valid: published, appendix_k"]),
         (lambda: TrainConfig.from_dict({"lrate": 1}), ["unknown config key(s) 'lrate'", "valid keys"]),
     ]
 
@@ -254,16 +257,16 @@ def test_a_full_disk_during_the_evaluation_keeps_the_epoch_and_leaves_no_half_ev
                                                                                          monkeypatch):
     import errno
 
-    from meme.train import Trainer
+    from meme.eval.evaluator import Evaluator
 
     out = tmp_path / "run"
 
-    def full_disk(self, eval_cfg=None, classifiers=None, out_dir=None, figures=False):
+    def full_disk(self, eval_cfg=None, out_dir=None, figures=False, progress=False):
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "half.png").write_bytes(b"\x89PNG trunc")
         raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "latents.png"))
 
-    monkeypatch.setattr(Trainer, "evaluate", full_disk)
+    monkeypatch.setattr(Evaluator, "__call__", full_disk)
     argv = ["train", "--out", str(out), "--data-dir", str(synth_dir), "--no-download", "--epochs", "1",
             "--max-train-pairs", "64", "--batch-size", "32", "--K", "2", "--n-pseudo", "4", "--latent-dim", "4"]
     line = _one_error_line(capsys, meme_cli.main(argv))
@@ -421,7 +424,7 @@ def test_a_search_over_one_value_is_refused_and_the_dry_run_names_searched_keys_
 
 
 def test_python_api_mistakes_are_one_line(tmp_path):
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.data import PairedData
     from meme.data.paired import write_array_table
     from meme.train import Trainer

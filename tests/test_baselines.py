@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Laplace, Normal, kl_divergence
 
 from meme.cli import main
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.batch import Batch
 from meme.errors import MemeError
 from meme.models import MODELS, MMJSD, MMVAE, MVAE, MoPoE

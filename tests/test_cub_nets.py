@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.features.cub_files import read_captions, read_cub_images, write_synthetic_cub
 from meme.errors import MemeError
 from meme.features.captions import CaptionSettings, build_caption_store, write_standin_images
@@ -223,15 +223,16 @@ def test_cli_features(tmp_path, capsys):
 
 
 def test_trials_evaluate_cub_with_the_cca(store):
-    """The orchestrator's trial evaluation goes through Trainer.evaluate, which adds CUB's CCA scores."""
+    """Every run's evaluation goes through its Evaluator, which adds CUB's CCA scores."""
     from meme.eval.cca import cub_cca_metrics, fit_cub_cca
     from meme.features.store import read_sentence_embedder
     from meme.train import Trainer
-    from orchestration.trainable import evaluate_model
+    from meme.eval import EvalConfig
 
     tr = Trainer(_small(store, observed="split", max_train_pairs=0, batch_size=64))  # all pairs: the probe needs several classes
     tr.run_epoch()
-    metrics = evaluate_model(tr, {}, dict(likelihood_k=0, n_joint=0, n_tsne=0, seed=3))
+    tr.evaluator.classifiers = {}
+    metrics, _ = tr.evaluator(EvalConfig(likelihood_k=0, n_joint=0, n_tsne=0, seed=3))
     embedder = read_sentence_embedder(store)
     direct = cub_cca_metrics(tr.model, tr.train_data, tr.test_data, embedder,
                              cca=fit_cub_cca(tr.train_data, embedder), seed=3)

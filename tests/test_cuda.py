@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.batch import Batch
 from meme.models.meme import MEME
 from meme.models.reference import reference_meme_loss
@@ -67,7 +67,7 @@ def test_trainer_trains_and_evaluates_on_the_gpu(synth_dir, precision, compile):
     assert all(torch.isfinite(torch.tensor(v)) for v in (*first.values(), *second.values()))
     from meme.eval import EvalConfig
 
-    metrics, _ = tr.evaluate(EvalConfig(likelihood_k=4, likelihood_pairs=8, n_joint=64, n_latent_train=128,
+    metrics, _ = tr.evaluator(EvalConfig(likelihood_k=4, likelihood_pairs=8, n_joint=64, n_latent_train=128,
                                         max_test_pairs=64, n_tsne=50), classifiers={})
     assert 0.0 <= metrics["latent_acc_mnist"] <= 1.0 and metrics["w2_paired_mean"] >= 0
 

@@ -216,7 +216,7 @@ def test_paired_data_from_arrays_and_parquet_round_trip(tmp_path):
 
 def test_max_pairs_take_a_seeded_random_subset_not_the_label_sorted_head(synth_dir):
     """Pairing by label lists pairs digit by digit, so the first N pairs would hold one or two digits."""
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.train import Trainer
 
     full = load_mnist_svhn(synth_dir, "train", seed=3, download=False)  # data_seed also seeds the pairing

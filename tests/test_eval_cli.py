@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from meme.cli import main
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from meme.eval import EvalConfig, evaluate, load_classifiers
 from meme.eval.classifiers import accuracy, ensure_classifiers, load_classifier, predict

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from orchestration import tracking
 from orchestration.study import load_study, trial_name
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
+from meme.runs import check_config
 from meme.batch import Batch
 from meme.errors import MemeError
 from meme.models.meme import MEME
@@ -151,13 +152,14 @@ def test_published_cub_networks():
 
 # ------------------------------------------------------------------ config
 def test_config_chooses_the_family_and_rejects_unknown_ones(monkeypatch):
+    """The family is checked against the dataset's modalities where a run is built (``check_config``)."""
     assert TrainConfig().nets == "published"
     with pytest.raises(MemeError, match=r"unknown nets 'appendix-k'; valid: published, appendix_k"):
-        TrainConfig(nets="appendix-k")
+        check_config(TrainConfig(nets="appendix-k"))
     monkeypatch.setitem(FAMILIES, "mnist_only", {"mnist": MNISTModality})
     with pytest.raises(MemeError, match=r"nets 'mnist_only' has no networks for modality 'svhn'; valid for mnist, svhn: "
                                         r"published, appendix_k"):
-        TrainConfig(nets="mnist_only")
+        check_config(TrainConfig(nets="mnist_only"))
     with pytest.raises(MemeError, match="sigma_floor=-1.0 must be >= 0"):
         TrainConfig(sigma_floor=-1.0)
     check_family("appendix_k", ("cub_image", "cub_caption"))

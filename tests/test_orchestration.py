@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from orchestration import report, sweep, tracking
 
 REPO = Path(__file__).resolve().parents[1]

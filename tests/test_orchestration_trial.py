@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from meme.train import NonFiniteLoss, Trainer
 from orchestration import report, tracking

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from meme import cli as meme_cli
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.data import get_dataset
 from meme.data.dataset_file import read_dataset_file
 from meme.errors import MemeError
@@ -250,7 +250,7 @@ def test_evaluation_on_user_data_with_labels(tmp_path):
     cfg = TrainConfig(dataset=str(path), epochs=1, batch_size=32, latent_dim=8, device="cpu")
     trainer = Trainer(cfg)
     trainer.run_epoch()
-    metrics, files = trainer.evaluate(out_dir=tmp_path / "eval", figures=True)
+    metrics, files = trainer.evaluator(out_dir=tmp_path / "eval", figures=True)
     for k in ("coherence_m0_image_to_m1_vector", "coherence_m1_vector_to_m0_image", "latent_acc_m0_image",
               "latent_acc_m1_vector", "w2_class_diag_mean", "classifier_acc_m0_image", "classifier_acc_m1_vector"):
         assert 0 <= metrics[k] < 100, k
@@ -264,7 +264,7 @@ def test_evaluation_without_labels_skips_label_metrics_with_one_line(tmp_path, c
     trainer = Trainer(cfg)
     trainer.run_epoch()
     with caplog.at_level(logging.INFO):
-        metrics, _ = trainer.evaluate()
+        metrics, _ = trainer.evaluator()
     assert not any(k.startswith(("coherence", "latent_acc", "classifier_acc", "w2_class")) for k in metrics)
     assert np.isfinite(metrics["w2_gap"]) and np.isfinite(metrics["elbo_test"])
     lines = [r.getMessage() for r in caplog.records if "no labels" in r.getMessage()]
@@ -392,13 +392,13 @@ def test_mnist_views_write_a_dataset_file_and_study_from_real_mnist(real_mnist_d
 
 def test_a_trainer_finds_its_classifiers_once(tmp_path, monkeypatch):
     """Evaluating every epoch does not hash, load or train the classifiers again each time."""
-    import meme.eval.classifiers as classifiers
+    import meme.eval.evaluator as evaluator
 
     path = _dataset_file(tmp_path)
     calls = []
-    real = classifiers.run_classifiers
-    monkeypatch.setattr(classifiers, "run_classifiers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = evaluator.run_classifiers
+    monkeypatch.setattr(evaluator, "run_classifiers", lambda *a, **k: calls.append(1) or real(*a, **k))
     trainer = Trainer(TrainConfig(dataset=str(path), epochs=2, eval_every=1, batch_size=32, latent_dim=8, device="cpu"))
-    history = list(trainer.epochs(lambda final: trainer.evaluate()[0]))
+    history = list(trainer.epochs(lambda final: trainer.evaluator()[0]))
     assert len(history) == 2 and all("classifier_acc_m0_image" in m for m in history)
     assert calls == [1]

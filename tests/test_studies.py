@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from meme.models import MODELS
 from orchestration import sweep

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from meme.cli import main
-from meme.config import TrainConfig
+from meme.models import TrainConfig
 from meme.errors import MemeError
 from meme.train import Trainer, load_checkpoint, train
 
@@ -160,7 +160,7 @@ def test_eval_every_adds_evaluation_metrics_and_final_figures(synth_dir, tmp_pat
     # the trainer's evaluation is the suite's: same checkpoint, same seed, same numbers
     tr = Trainer(cfg)
     tr.load(tmp_path)
-    again, _ = tr.evaluate()
+    again, _ = tr.evaluator()
     assert again["latent_acc_mnist"] == history[-1]["eval_latent_acc_mnist"]
     assert again["w2_gap"] == pytest.approx(history[-1]["eval_w2_gap"], rel=1e-6)
 

@@ -55,7 +55,7 @@ def fingerprint(synth_dir, case: str, scheme: str) -> dict:
 
     torch.backends.mkldnn.enabled = False   # convolutions by im2col and MKL's GEMM, reproducible under MKL_CBWR
 
-    from meme.config import TrainConfig
+    from meme.models import TrainConfig
     from meme.eval.classifiers import build_classifier
     from meme.eval.config import EvalConfig
     from meme.train import Trainer
@@ -73,7 +73,8 @@ def fingerprint(synth_dir, case: str, scheme: str) -> dict:
     judges = {n: build_classifier(n).eval() for n in ("mnist", "svhn")}
     torch.set_num_threads(1)
     try:
-        metrics.update({f"eval_{k}": v for k, v in tr.evaluate(EvalConfig(**EVAL, seed=0), judges)[0].items()})
+        tr.evaluator.classifiers = judges
+        metrics.update({f"eval_{k}": v for k, v in tr.evaluator(EvalConfig(**EVAL, seed=0))[0].items()})
     finally:
         torch.set_num_threads(threads)
     out = {k: float(v) for k, v in metrics.items()

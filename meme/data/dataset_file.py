@@ -47,11 +47,10 @@ import torch
 from meme.data.paired import PairedData, check_classes, check_finite, class_ids, read_array_table
 from meme.device import check_fits
 from meme.errors import MemeError
-from meme.paths import resolved
+from meme.paths import FILE_SUFFIXES, is_dataset_file, resolved
 from meme.nets.shaped import KINDS, LIKELIHOODS, check_image_shape
 from meme.yamlio import load_yaml
 
-FILE_SUFFIXES = (".yaml", ".yml", ".json")
 TABLE_SUFFIXES = (".parquet", ".pq", ".npy", ".npz")
 TOP_KEYS = ("name", "modalities", "labels", "latent_dim")
 MODALITY_KEYS = ("name", "train", "test", "column", "kind", "vocab", "pad", "networks")
@@ -62,11 +61,6 @@ NETWORK_KEYS_BY_KIND = {"image": NETWORK_KEYS, "vector": ("hidden", "likelihood"
 PRESETS = {"polymnist": (3, 28, 28)}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RESERVED = ("split", "random")   # the observation schemes that are not a modality
-
-
-def is_dataset_file(name: str) -> bool:
-    """True when a ``dataset`` value names a dataset file rather than a built-in dataset."""
-    return str(name).lower().endswith(FILE_SUFFIXES)
 
 
 @dataclass(frozen=True)

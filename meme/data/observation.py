@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from meme.config import check_supervision
 from meme.errors import MemeError
 
 SCHEMES = ("split", "random")
@@ -110,11 +111,6 @@ class Observation:
             if not all(p):
                 out["observed_" + "+".join(n for n, o in zip(self.names, p) if o)] = idx.numel()
         return out
-
-
-def check_supervision(f: float) -> None:
-    if not isinstance(f, (int, float)) or not (0.0 < float(f) <= 1.0):
-        raise MemeError(f"supervision fraction f={f!r} is outside (0, 1]; e.g. 1, 0.5, 0.25, 0.125, 0.0625")
 
 
 def check_p_observed(p: float) -> None:

@@ -19,7 +19,7 @@ def cmd_eval(args) -> int:
     from meme.data import get_dataset
     from meme.eval.classifiers import classifier_dir, load_classifiers, run_classifiers
     from meme.eval.config import EvalConfig
-    from meme.eval.datasets import evaluate_run
+    from meme.eval.evaluator import Evaluator
     from meme.device import resolve_device
     from meme.runs import load_run
 
@@ -51,8 +51,8 @@ def cmd_eval(args) -> int:
         classifiers = load_classifiers(model.names, clf_dir, device)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
-    metrics, files = evaluate_run(cfg, model, train_data, test_data, classifiers, ecfg, out_dir=out,
-                                  figures=not args.no_figures, progress=not args.quiet)
+    evaluator = Evaluator(cfg, model, train_data, test_data, device, classifiers)
+    metrics, files = evaluator(ecfg, out_dir=out, figures=not args.no_figures, progress=not args.quiet)
     width = max(map(len, metrics))
     for k in sorted(metrics):
         print(f"{k:<{width}}  {metrics[k]:.4f}")

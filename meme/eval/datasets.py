@@ -1,10 +1,8 @@
-"""Evaluations a dataset adds to the evaluation suite, for every caller (``meme eval``, ``Trainer.evaluate``,
-the orchestrator's trials) alike.
+"""Evaluations a dataset adds to the evaluation suite, for every caller (``meme eval``, ``meme train``, the
+orchestrator's trials) alike, through ``meme.eval.evaluator.Evaluator``.
 
 ``dataset_evaluation(cfg, model, train_data, test_data, eval_cfg, out_dir, figures)`` returns the extra
 metrics (and writes the extra files) for ``cfg.dataset``; datasets without extras return nothing.
-
-``evaluate_run`` is the suite plus these extras, with ``metrics.json`` holding both.
 
 * ``cub``: the correlation under CCA of paper appendix G (``cca_ground_truth``, ``cca_image_to_caption``,
   ``cca_caption_to_image``, ``cca_top_correlation``; :mod:`meme.eval.cca`), and with figures the caption
@@ -56,18 +54,3 @@ def dataset_evaluation(cfg, model, train_data, test_data, eval_cfg, out_dir=None
     if fn is None:
         return {}, []
     return fn(cfg, model, train_data, test_data, eval_cfg, Path(out_dir) if out_dir is not None else None, figures)
-
-
-def evaluate_run(cfg, model, train_data, test_data, classifiers, eval_cfg, out_dir=None, figures: bool = False,
-                 progress: bool = False) -> tuple[dict[str, float], list[Path]]:
-    """``meme.eval.evaluate`` and then the extras of ``cfg.dataset``; ``out_dir/metrics.json`` holds both."""
-    from meme.eval.suite import evaluate, write_metrics
-
-    metrics, files = evaluate(model, train_data, test_data, classifiers, eval_cfg, out_dir=out_dir, figures=figures,
-                              progress=progress)
-    extra, extra_files = dataset_evaluation(cfg, model, train_data, test_data, eval_cfg, out_dir, figures)
-    if extra:
-        metrics = {**metrics, **extra}
-        if out_dir is not None:
-            write_metrics(out_dir, metrics)
-    return metrics, files + extra_files

@@ -54,8 +54,10 @@ def _check_inputs(model, train_data, test_data, classifiers) -> None:
 
 def evaluate(model, train_data: PairedData | None, test_data: PairedData, classifiers: dict[str, nn.Module],
              cfg: EvalConfig = EvalConfig(), out_dir=None, figures: bool = True, progress: bool = False,
-             timings: dict[str, float] | None = None) -> tuple[dict[str, float], list[Path]]:
+             timings: dict[str, float] | None = None, metrics_file: bool = True) -> tuple[dict[str, float], list[Path]]:
     """Evaluate ``model``; see the contract in ``meme.eval``'s docstring. Returns (metrics, files written).
+    ``metrics_file``: write ``<out_dir>/metrics.json`` (``meme.eval.evaluator.Evaluator`` writes its own, with the
+    dataset's extras).
 
     ``timings``, when given, receives the wall-clock seconds spent in each of ``STAGES`` (``<stage>``) and
     this process's CPU seconds (``<stage>_cpu``).
@@ -77,7 +79,8 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
         model.train(was_training)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        files.append(write_metrics(out, metrics))
+        if metrics_file:
+            files.append(write_metrics(out, metrics))
     return metrics, files
 
 

@@ -9,10 +9,18 @@
                                      ``fuse`` of the ``expert`` of each modality in S, as an equally
                                      weighted mixture of C Gaussian components stacked (C, B, L)
 
+A model declares its own config keys next to its code: ``Keys``, a frozen dataclass of ``meme.config.key`` fields
+with a ``check(cfg)`` of their values (``meme.config.train_config`` joins every registered model's into
+``TrainConfig``); ``check_config(cfg, names)`` and ``check_run(...)`` refuse what its keys cannot do with a dataset
+or cannot fit; ``metric_prefixes``/``metric_names``: the terms its loss reports (``meme.metrics``). A new model is
+its file and one line in the registry (``meme.models.MODELS``).
+
 A model takes any number M >= 2 of modalities. A batch observes one pattern of them (``meme.batch.Batch``); models branch on ``batch.observed``. ``learns_from(pattern)``
 says which patterns the objective has a term for; the trainer leaves the others out.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +30,22 @@ from meme.errors import MemeError
 from meme.nets.base import Modality
 
 
+@dataclass(frozen=True)
+class NoKeys:
+    """The keys of a model that has none of its own."""
+
+    @staticmethod
+    def check(cfg) -> None:
+        pass
+
+
 class MultimodalModel(nn.Module):
     name: str = ""
+    Keys: type = NoKeys
+    #: the names (``metric_names``) and name prefixes (``metric_prefixes``) of the terms its loss reports, beyond
+    #: ``loss``, ``recon_*`` and ``kl_*``
+    metric_prefixes: tuple[str, ...] = ()
+    metric_names: tuple[str, ...] = ()
     #: the fewest observed modalities of a pattern the objective has a term for (MMVAE: 2, its mixture needs two)
     min_observed: int = 1
 
@@ -94,6 +116,14 @@ class MultimodalModel(nn.Module):
     def sample_prior(self, n: int) -> Tensor:
         p = next(self.parameters())
         return torch.randn(n, self.latent_dim, device=p.device, dtype=p.dtype)
+
+    @classmethod
+    def check_config(cls, cfg, names: tuple[str, ...]) -> None:
+        """Refuse, in one line, keys of this model that a dataset with these modalities cannot take."""
+
+    @classmethod
+    def check_run(cls, cfg, data, observation, modalities, device) -> None:
+        """Refuse, in one line, before the model is built, sizes its keys ask for that cannot fit."""
 
     @classmethod
     def from_config(cls, cfg, modalities: tuple[Modality, ...], train_data, observation) -> "MultimodalModel":

@@ -21,17 +21,31 @@ component is drawn equally often (the published MoPoE/mmJSD code splits the batc
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from meme.config import key, non_negative
 from meme.dists import kl_normal, log_mean_exp
 from meme.errors import MemeError
 from meme.models.base import MultimodalModel
 from meme.nets.base import Modality
 
 
+@dataclass(frozen=True)
+class BetaKeys:
+    beta: float = key(1.0, 'weight of the KL / JS term of MVAE, MoPoE and mmJSD', name="beta{:g}")
+
+    @staticmethod
+    def check(cfg) -> None:
+        non_negative(cfg, "beta")
+
+
 class BetaWeightedModel(MultimodalModel):
     """A model whose objective is a likelihood term minus ``beta`` times a divergence."""
+
+    Keys = BetaKeys
 
     def __init__(self, modalities: tuple[Modality, Modality], beta: float = 1.0):
         super().__init__(modalities)

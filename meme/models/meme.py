@@ -86,10 +86,15 @@ as the conditional prior (``fuse``), so a single input is its own posterior.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from meme.batch import Batch
+from meme.config import key, non_negative, positive
+from meme.device import check_fits
 from meme.dists import kl_normal, log_mean_exp, mixture_normal_log_prob, normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel
@@ -122,8 +127,35 @@ def mixture_kl(z: Tensor, mu: Tensor, sigma: Tensor, mus: Tensor, sigmas: Tensor
     return (log_q - log_p).mean(0)
 
 
+@dataclass(frozen=True)
+class MEMEKeys:
+    """MEME's config keys (``meme train --K 10``; a study's ``K: [1, 10]``)."""
+
+    K: int = key(10, 'extra posterior samples in the log q(t|s) estimate', name="K{}")
+    lam: float = key(10.0, 'weight of log q(t|s)', name="lam{:g}")
+    n_pseudo: int = key(100, 'pseudo-samples per modality (mixture prior of a missing modality)', name="p{}")
+    direction: str = key("both", 'both | t_supervises_s | s_supervises_t (two modalities; with more, every observed '
+                         'modality supervises the rest: both)')
+    meme_combine: str = key("", 'MEME with more than two modalities: how the conditional prior combines the other '
+                            'observed modalities\' encoders, product (analytic KL) | mixture (KL estimated on the K+1 '
+                            'posterior samples); "" = product', only=True)
+    meme_pseudo: bool = key(True, "MEME: an example observing one modality alone gets the pseudo-sample mixture prior "
+                            "(eq. 3-4; --no-meme-pseudo: the standard normal, the pseudo-samples unused, an ablation)",
+                            name=("pseudo", "nopseudo"), only=True)
+
+    @staticmethod
+    def check(cfg) -> None:
+        positive(cfg, "K", "n_pseudo")
+        non_negative(cfg, "lam")
+        check_choice("direction", cfg.direction, DIRECTIONS)
+        if cfg.meme_combine:
+            check_choice("meme_combine", cfg.meme_combine, COMBINES)
+
+
 class MEME(MultimodalModel):
     name = "meme"
+    Keys = MEMEKeys
+    metric_prefixes = ("cls_", "log_q_", "w_")
 
     def __init__(self, modalities: tuple[Modality, ...], K: int = 10, lam: float = 10.0,
                  n_pseudo: int = 100, direction: str = "both",
@@ -152,6 +184,25 @@ class MEME(MultimodalModel):
                      for m in range(len(modalities)))
         return cls(modalities, K=cfg.K, lam=cfg.lam, n_pseudo=cfg.n_pseudo, direction=cfg.direction, pseudo_init=init,
                    combine=cfg.meme_combine or "product", use_pseudo=cfg.meme_pseudo)
+
+    @classmethod
+    def check_config(cls, cfg, names) -> None:
+        if cfg.direction != "both" and len(names) > 2:
+            raise MemeError(f"direction={cfg.direction!r} names one of two modalities' directions; with "
+                            f"{len(names)} modalities every observed modality supervises the rest: use 'both'")
+
+    @classmethod
+    def check_run(cls, cfg, data, observation, modalities, device) -> None:
+        """Refused before anything is built: more pseudo-samples than rows to start them from, and a batch whose
+        (K + 2) x batch_size decoded latents per modality cannot fit."""
+        for m, rows in enumerate(observation.observing(i).numel() for i in range(len(data.names))):
+            if cfg.n_pseudo > max(rows, 100):
+                raise MemeError(f"n_pseudo={cfg.n_pseudo} is more than the {rows} training rows that observe "
+                                f"{data.names[m]!r}, which the pseudo-samples start from; give at most {max(rows, 100)}")
+        values = sum(math.prod(m.event_shape) for m in modalities)
+        # the decoded parameters and, for the backward pass, about as many activations again, in fp32
+        check_fits((cfg.K + 2) * cfg.batch_size * values * 4 * 2, f"K={cfg.K} at batch_size={cfg.batch_size} "
+                   f"(per batch)", device)
 
     # ------------------------------------------------------------------ observed together
     def _directions(self, observed=None) -> list[tuple[int, tuple[int, ...]]]:

@@ -50,6 +50,7 @@ def js_dynamic_prior(mus: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor, Tenso
 
 class MMJSD(BetaWeightedModel):
     name = "mmjsd"
+    metric_names = ("js",)
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         obs = list(batch.present)

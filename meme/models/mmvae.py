@@ -47,11 +47,13 @@ observed modalities.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from meme.batch import Batch
+from meme.config import key, positive
 from meme.dists import normal_log_prob
 from meme.errors import MemeError, check_choice
 from meme.models.base import MultimodalModel
@@ -79,8 +81,23 @@ FAMILIES = {
 ESTIMATORS = ("elbo", "iwae", "dreg")
 
 
+@dataclass(frozen=True)
+class MMVAEKeys:
+    mmvae_posterior: str = key("gaussian", 'posterior and prior family of MMVAE: gaussian (like-for-like) | laplace (original MMVAE)')
+    mmvae_estimator: str = key("elbo", 'MMVAE objective: elbo (stratified, as published) | iwae | dreg')
+    mmvae_samples: int = key(1, 'samples per modality (K) of the MMVAE estimators (30 with dreg in the MMVAE code)')
+
+    @staticmethod
+    def check(cfg) -> None:
+        positive(cfg, "mmvae_samples")
+        check_choice("mmvae_posterior", cfg.mmvae_posterior, FAMILIES)
+        check_choice("mmvae_estimator", cfg.mmvae_estimator, ESTIMATORS)
+
+
 class MMVAE(MultimodalModel):
     name = "mmvae"
+    Keys = MMVAEKeys
+    metric_names = ("elbo", "iwae", "dreg", "log_pz", "log_qz_x")
     min_observed = 2
 
     def __init__(self, modalities: tuple[Modality, Modality], posterior: str = "gaussian",
