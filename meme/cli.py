@@ -12,23 +12,28 @@ import logging
 import sys
 from pathlib import Path
 
+from meme.checkpoint import CHECKPOINT
+from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
+from meme.data.polymnist import write_polymnist
+from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
+from meme.data.views import write_mnist_views
 from meme.errors import MemeError, output_closed
+from meme.eval.cli import add_eval_parser
+from meme.features.cli import add_features_parser
+from meme.models import TrainConfig
 from meme.paths import check_dir_target, check_existing_dir
+from meme.train import train
 
 log = logging.getLogger("meme")
 
 
 def _config_from_args(args):
-    from meme.models import TrainConfig
-
     base = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
     given = {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
     return TrainConfig.from_dict({**base, **given})
 
 
 def cmd_train(args) -> int:
-    from meme.train import train
-
     cfg = _config_from_args(args)
     out = check_dir_target(args.out, "--out")
     last = None
@@ -43,9 +48,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
-    from meme.data.synthetic import SVHN_SIZES, write_svhn_standin, write_synthetic_mnist_svhn
-
     root = resolve_data_dir(args.data_dir)
     writes_out = ("mnist-views", "polymnist")
     reads_only = args.what in writes_out and (args.no_download or args.from_release)
@@ -77,13 +79,9 @@ def cmd_data(args) -> int:
         for p in write_svhn_standin(root, sizes, seed=args.seed, force=args.force):
             print(f"wrote {p} (synthetic SVHN-format stand-in)")
     elif args.what == "mnist-views":
-        from meme.data.views import write_mnist_views
-
         for p in write_mnist_views(root, check_dir_target(args.out, "--out"), download=not args.no_download):
             print(f"wrote {p}")
     elif args.what == "polymnist":
-        from meme.data.polymnist import write_polymnist
-
         release = args.from_release and check_existing_dir(args.from_release, "--from-release")
         out = check_dir_target(args.out or root / "PolyMNIST", "--out")
         written = write_polymnist(out, root, args.n_train, args.n_test, args.seed,
@@ -111,8 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (options given here override it)")
     t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    from meme.models import TrainConfig
-
     TrainConfig.add_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -142,16 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="svhn-standin, synthetic and polymnist: replace files that "
                    "they did not write (by default those are refused, and nothing is written)")
     d.set_defaults(func=cmd_data)
-
-    from meme.features.cli import add_features_parser
-
     add_features_parser(sub)
-    try:  # the evaluation suite registers `meme eval` when present
-        from meme.eval.cli import add_eval_parser
-    except ImportError:
-        pass
-    else:
-        add_eval_parser(sub)
+    add_eval_parser(sub)
     return p
 
 
@@ -183,8 +171,6 @@ def _checkpoint_note(args) -> str:
     out = getattr(args, "out", None)
     if getattr(args, "command", None) != "train" or not out:
         return ""
-    from meme.checkpoint import CHECKPOINT
-
     ckpt = Path(out) / CHECKPOINT
     return f"; the last checkpoint ({ckpt}) is kept and the run resumes from it" if ckpt.exists() else ""
 

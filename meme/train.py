@@ -37,6 +37,7 @@ from meme.data import BatchLoader, get_dataset, latent_size
 from meme.data.batch import gather
 from meme.errors import MemeError
 from meme.eval.evaluator import Evaluator
+from meme.nets import modality_class
 from meme.runs import build_run
 from meme.progress import bar as progress_bar
 
@@ -203,8 +204,6 @@ def _resumable(cfg: TrainConfig) -> dict:
     """What must match for a run to resume: the config less ``epochs``, with ``sigma_floor`` as the floor each
     modality gets (0 means the family's own: appendix K's 1e-3 equals an explicit 1e-3) and ``latent_dim`` as
     the size it gets (0 means the dataset's own: 64 equals an explicit 64)."""
-    from meme.nets import modality_class
-
     d = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
     spec = get_dataset(cfg.dataset)
     d["sigma_floor"] = tuple(cfg.sigma_floor or modality_class(cfg.nets, n).default_sigma_floor

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import importlib.util
 
+from meme.errors import MemeError
+
 ORCHESTRATION_MODULES = ("ray", "optuna", "mlflow", "pydantic")
 SWEEP_PROG = "sweep.py"   # how sweep.py and the modules it runs name themselves in messages
+#: a report figure's ``x`` that is not a config key: the number of input modalities k, read from each ``y``
+#: metric's trailing ``_<k>`` (``coherence_given_1`` .. ``coherence_given_4``: the PolyMNIST figure)
+INPUTS = "inputs"
 
 
 def check_orchestration_installed() -> None:
     """A one-line ``MemeError`` naming what is missing when the orchestrator's dependencies are not installed."""
-    from meme.errors import MemeError
-
     missing = [m for m in ORCHESTRATION_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise MemeError(f"the orchestrator needs {', '.join(missing)}, which are not installed; install the "

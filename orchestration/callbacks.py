@@ -13,7 +13,8 @@ from ray import tune
 from tqdm.auto import tqdm
 
 from orchestration.study import trial_name
-from orchestration.tracking import TAG_FAILURE, TAG_RESTARTS, TAG_STOPPED_EARLY, TrackingInfo, set_trial_status
+from orchestration.tracking import (TAG_FAILURE, TAG_RESTARTS, TAG_STOPPED_EARLY, TrackingInfo, client_for, find_child,
+                                    set_trial_status)
 from orchestration.trainable import train_config
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,6 @@ class TrackingCallback(_PicklesWithoutHandles):
     def _set(self, trial, status, tags):
         try:
             if self._client is None:
-                from orchestration.tracking import client_for
-
                 self._client = client_for(self.info.uri)
             set_trial_status(self.info, trial.trial_id, status, tags,
                              run_name=trial_label(trial, self.varying, self.numbered), client=self._client)
@@ -154,8 +153,6 @@ class TrackingCallback(_PicklesWithoutHandles):
     def on_trial_recover(self, iteration, trials, trial, **info):
         try:
             from mlflow.entities import RunTag
-
-            from orchestration.tracking import client_for, find_child
 
             self._client = self._client or client_for(self.info.uri)
             run = find_child(self._client, self.info, trial.trial_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meme.errors import MemeError
 from orchestration.run_state import is_uri
+from orchestration.tracking import is_local_uri
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ def check_shared_paths(storage: str, tracking_uri: str, shared: bool) -> None:
     nodes = alive_nodes()
     if len(nodes) <= 1:
         return
-    from orchestration.tracking import is_local_uri
-
     local_paths = [] if is_uri(storage) else [("--storage", storage)]
     if is_local_uri(tracking_uri):
         local_paths.append(("--tracking-uri", tracking_uri))

@@ -17,6 +17,7 @@ from meme.errors import MemeError
 from orchestration.prepare import data_dir_for
 from orchestration.run_state import find_resumable, resolve_storage
 from orchestration.study import Study, load_study, parse_study
+from orchestration.tracking import default_tracking_uri
 
 PLAN_FORMAT = 1   # the saved plan's format; a state file without the key was written before plans (format 0)
 
@@ -137,8 +138,6 @@ def plan(args) -> StudyPlan:
         cpu, gpu = _resources(args, saved.study)
         return replace(saved, tracking_uri=args.tracking_uri or saved.tracking_uri, cpu=cpu, gpu=gpu)
     study = load_study(args.study)
-    from orchestration.tracking import default_tracking_uri
-
     cpu, gpu = _resources(args, study)
     return StudyPlan(study=study, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage=storage,
                      epochs=args.epochs or study.epochs, tracking_uri=args.tracking_uri or default_tracking_uri(),

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meme.data import get_dataset, resolve_data_dir
+from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
+from meme.data.synthetic import write_synthetic_mnist_svhn
+from meme.eval import CLASSIFIERS, ensure_classifiers
+from meme.eval.evaluator import run_classifiers
+from meme.models import TrainConfig
 from orchestration import SWEEP_PROG as PROG
 from orchestration.study import Study
 
 
 def synthetic_root(study: Study, data_dir: str | None) -> Path:
     """Where a study that generates its data keeps it: <data dir>/synthetic/n<train>-<test>-s<seed>."""
-    from meme.data import resolve_data_dir
-
     s = study.synthetic_data
     return resolve_data_dir(data_dir).resolve() / "synthetic" / f"n{s['n_train']}-{s['n_test']}-s{s['seed']}"
 
@@ -31,9 +35,6 @@ def prepare_data_dir(study: Study, root: str) -> None:
     """Generate a generated-data study's files into ``root`` (``data_dir_for``'s answer) when any is missing."""
     if not study.synthetic_data:
         return
-    from meme.data.mnist_svhn import MNIST_FILES, SVHN_FILES
-    from meme.data.synthetic import write_synthetic_mnist_svhn
-
     s, root = study.synthetic_data, Path(root)
     files = [root / "MNIST" / "raw" / f for pair in MNIST_FILES.values() for f in pair]
     files += [root / "SVHN" / SVHN_FILES[k] for k in ("train", "test")]
@@ -46,11 +47,6 @@ def prepare_classifiers(study: Study, base_cfg: dict, progress: bool) -> dict:
     """Load (and so validate) every dataset of the study once, downloading it if needed, and the classifiers the
     evaluation needs (training them once if missing: the digit classifiers, or a dataset file's own); returns
     modality -> classifier module (on the CPU) for the trials."""
-    from meme.models import TrainConfig
-    from meme.data import get_dataset
-    from meme.eval import CLASSIFIERS, ensure_classifiers
-    from meme.eval.classifiers import run_classifiers
-
     datasets = {p.get("dataset", base_cfg["dataset"]) for p in study.points()}
     classifiers = {}
     for ds in sorted(datasets):

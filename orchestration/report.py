@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 
 from meme.models import TrainConfig
 from meme.errors import MemeError
-from orchestration import check_orchestration_installed
-from orchestration.study import INPUTS, Study, load_study, parse_study
+from orchestration import INPUTS, check_orchestration_installed
+from orchestration.study import Study, load_study, parse_study, study_names
 from orchestration.tracking import (PARENT_TAG, STUDY_ARTIFACT, TAG_ROLE, TAG_STUDY, check_reachable, child_runs,
-                                    client_for)
+                                    client_for, default_tracking_uri)
 
 if TYPE_CHECKING:   # the spec classes come with pydantic (the orchestrate extra): imported where they are built
     from orchestration.study_schema import ClaimSide, ClaimSpec, FigureSpec, TableSpec
@@ -77,8 +77,6 @@ def find_parent(client, study: str, experiment: str | None, run_id: str | None):
     name = experiment or study
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        from orchestration.study import study_names
-
         if experiment is None and study not in study_names():
             raise MemeError(f"unknown study {study!r}; valid: {', '.join(study_names())} (or a study YAML file)")
         raise MemeError(f"no MLflow experiment {name!r} at this tracking URI; run the study first "
@@ -410,7 +408,7 @@ def write_claims(claims: tuple, records: list[RunRecord], out_dir: Path) -> list
 def default_specs(study: Study) -> tuple[tuple, tuple]:
     """Without a report section: one table of the study's metric per varying keys."""
     rows = tuple(k for k in study.varying_keys() if k != "seed") or ("model",)
-    from orchestration.study_schema import TableSpec
+    from orchestration.study_schema import TableSpec   # pydantic: checked installed by main
 
     return (), (TableSpec("summary", rows, (study.metric,), f"{study.name}: {study.metric}"),)
 
@@ -466,8 +464,6 @@ def report_runs(study_name: str, runs: str, out: str | None = None) -> tuple[lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestration.study import study_names
-
     p = argparse.ArgumentParser(prog=PROG, description=(
         "Regenerate a study's figures and tables (mean ± std over seeds) from its runs in MLflow; they are "
         "written to --out and logged to the study's parent run under report/."))
@@ -485,8 +481,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestration.tracking import default_tracking_uri
-
     try:
         check_orchestration_installed()
         if args.runs:

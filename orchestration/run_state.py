@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from meme.errors import MemeError
+from meme.paths import check_dir_target
 
 
 STATE_FILE = "meme_study.json"
@@ -27,8 +28,6 @@ def resolve_storage(storage: str | None) -> str:
     s = storage or default_storage()
     if is_uri(s):
         return s.rstrip("/")
-    from meme.paths import check_dir_target
-
     return str(check_dir_target(Path(s.removeprefix("file://")).expanduser(), "--storage").resolve())
 
 

@@ -43,14 +43,13 @@ from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meme import metrics
+from meme.data import get_dataset
+from meme.errors import MemeError
+from meme.eval import EvalConfig
 from meme.models import TrainConfig
 from meme.runs import check_config
-from meme.errors import MemeError
 from meme.yamlio import load_yaml
-
-#: a figure's ``x`` that is not a config key: the number of input modalities k, read from each ``y`` metric's
-#: trailing ``_<k>`` (``coherence_given_1`` .. ``coherence_given_4``: the PolyMNIST figure)
-INPUTS = "inputs"
 
 #: where ``--study NAME`` looks (``$MEME_STUDIES_DIR`` overrides it)
 STUDIES_DIR = Path(os.environ.get("MEME_STUDIES_DIR", Path(__file__).resolve().parents[1] / "search_spaces"))
@@ -247,9 +246,6 @@ class _Semantics:
 
     def known_metric(self, metric: str, base: dict, grid: tuple) -> None:
         """``metric`` is one that trials of every dataset in the study report (``meme.metrics``)."""
-        from meme import metrics
-        from meme.data import get_dataset
-
         datasets = {base.get("dataset", TrainConfig.dataset)} | {d for g in grid for d in g.get("dataset", ())}
         for ds in sorted(datasets):
             names = get_dataset(ds).names
@@ -354,8 +350,6 @@ class _Semantics:
     def eval(self, v) -> dict:
         if v is None:
             return {}
-        from meme.eval import EvalConfig
-
         try:
             return EvalConfig.from_dict(v).to_dict()
         except MemeError as e:

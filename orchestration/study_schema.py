@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from meme.models import TrainConfig
 from meme.errors import MemeError
-from orchestration.study import INPUTS
+from orchestration import INPUTS
 
 _FIELD_TYPES = TrainConfig.types()
 

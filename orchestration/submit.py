@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 from meme.errors import MemeError
 from orchestration import check_orchestration_installed
+from orchestration.study import load_study
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,6 @@ def check_study_args(opts: argparse.Namespace) -> None:
     if not opts.study:
         raise MemeError("no --study given; e.g. --study smoke (the studies are search_spaces/*.yaml)")
     if opts.resume is None:   # validated here, the same way sweep.py will there (a study file travels too)
-        from orchestration.study import load_study
-
         load_study(opts.study)
     if not opts.storage:
         raise MemeError("a study on a cluster needs --storage: s3://bucket/path (or gs://...), or an absolute path "

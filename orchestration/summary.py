@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from orchestration import SWEEP_PROG as PROG
+from orchestration import tracking
 from orchestration.study import Study
+from orchestration.tracking import TAG_TRIAL_KEY, child_runs, client_for
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ def summarize(results, study: Study, epochs: int, run_status: dict | None = None
     ``run_status`` (trial id -> MLflow child run status) is given after an interrupt: a trial counts as done
     only if its child run finished.
     """
-    from orchestration.callbacks import config_label, error_file_text
+    from orchestration.callbacks import config_label, error_file_text   # Ray: checked installed by sweep.main
 
     rows = []
     for r in results:
@@ -68,8 +70,6 @@ def format_table(rows: list[dict], metric: str) -> str:
 
 
 def log_summary(info, rows: list[dict], table: str) -> None:
-    from orchestration.tracking import client_for
-
     client = client_for(info.uri)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["trial"])
@@ -81,16 +81,12 @@ def log_summary(info, rows: list[dict], table: str) -> None:
 
 def child_statuses(info) -> dict[str, str]:
     """Trial id -> status of its MLflow child run."""
-    from orchestration.tracking import TAG_TRIAL_KEY, child_runs, client_for
-
     runs = child_runs(client_for(info.uri), info.experiment_id, info.parent_run_id)
     return {r.data.tags.get(TAG_TRIAL_KEY): r.info.status for r in runs}
 
 
 def mark_unfinished(info) -> None:
     """Child runs cut short by an interrupt: KILLED until --resume continues them."""
-    from orchestration.tracking import child_runs, client_for
-
     client = client_for(info.uri)
     for run in child_runs(client, info.experiment_id, info.parent_run_id):
         if run.info.status == "RUNNING":
@@ -99,8 +95,6 @@ def mark_unfinished(info) -> None:
 
 def finish(study: Study, info, results, epochs: int, wall: float, run_name: str, interrupted: bool) -> int:
     """Print and log the summary of ``results`` (a ``ResultGrid``), end the parent run; the exit status."""
-    from orchestration import tracking
-
     statuses = None
     if interrupted:
         try:

@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from functools import partial
 
 from meme.errors import MemeError, output_closed
-from orchestration import SWEEP_PROG, check_orchestration_installed
+from orchestration import SWEEP_PROG, check_orchestration_installed, tracking
 from orchestration.cluster import check_ray_reachable, check_resources, check_shared_paths, init_ray, ray_address
 from orchestration.plan import StudyPlan, plan
 from orchestration.prepare import prepare_classifiers, prepare_data_dir
 from orchestration.run_state import write_state
 from orchestration.study import Study, load_study, study_names, trial_name
 from orchestration.summary import finish
+from orchestration.trainable import GRID_KEY, TrialSettings, tune_trainable
 
 log = logging.getLogger("orchestration.sweep")
 
@@ -76,15 +77,13 @@ def stop_signals(flag: threading.Event):
 
 
 def trial_dirname(trial, varying, numbered: bool) -> str:
-    from orchestration.callbacks import trial_label
+    from orchestration.callbacks import trial_label   # Ray: checked installed in main
 
     return f"{trial_label(trial, varying, numbered)}_{trial.trial_id}"[:120]
 
 
 def param_space(study: Study, base_cfg: dict) -> dict:
     from ray import tune
-
-    from orchestration.trainable import GRID_KEY
 
     grid_keys = {k for g in study.grid for k in g}
     fixed = set(study.search) | grid_keys
@@ -252,8 +251,6 @@ class Prepared:
 
 def check_before_preparing(the_plan: StudyPlan) -> None:
     """What can be refused in a moment, before data is generated or classifiers are trained."""
-    from orchestration import tracking
-
     tracking.check_reachable(the_plan.tracking_uri)
     address = the_plan.invocation.address
     check_ray_reachable(ray_address(address))
@@ -269,8 +266,6 @@ def check_before_preparing(the_plan: StudyPlan) -> None:
 def prepare(the_plan: StudyPlan):
     """Data, classifiers, Ray and MLflow for ``the_plan``; yields ``Prepared``. Ray (when this call started it)
     stops on the way out, and MLflow's parent run is ended as failed or killed when the study ends abnormally."""
-    from orchestration import tracking
-
     check_before_preparing(the_plan)
     run = the_plan.invocation
     base_cfg = the_plan.base_config()
@@ -323,8 +318,7 @@ def fit(prepared: Prepared) -> int:
     """Run (or resume) the plan's trials on Ray Tune; print and log the summary; the exit status."""
     from ray import tune
 
-    from orchestration.callbacks import ProgressCallback, TrackingCallback
-    from orchestration.trainable import TrialSettings, tune_trainable
+    from orchestration.callbacks import ProgressCallback, TrackingCallback   # Ray: checked installed in main
 
     the_plan, info, run = prepared.plan, prepared.tracking, prepared.plan.invocation
     study, epochs, cpu, gpu = the_plan.study, the_plan.epochs, the_plan.cpu, the_plan.gpu

@@ -15,6 +15,7 @@ from meme.data.cub import build_cub_modalities, load_cub
 from meme.data.dataset_file import is_dataset_file, read_dataset_file
 from meme.data.mnist_svhn import load_mnist_svhn, resolve_data_dir
 from meme.data.observation import Observation, make_observation
+from meme.data.polymnist import dataset_file as polymnist_file
 from meme.data.paired import PairedData
 from meme.errors import MemeError
 from meme.nets import DEFAULT_LATENT_DIM, modality_class
@@ -51,9 +52,7 @@ def _load_mnist_svhn(cfg, split: str) -> PairedData:
 
 def _polymnist(cfg):
     """The PolyMNIST that ``meme data polymnist`` wrote into ``<data dir>/PolyMNIST``."""
-    from meme.data.polymnist import dataset_file
-
-    return read_dataset_file(dataset_file(cfg.data_dir))
+    return read_dataset_file(polymnist_file(cfg.data_dir))
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -15,6 +15,7 @@ from meme.data.mnist_svhn import resolve_data_dir
 from meme.data.paired import PairedData
 from meme.errors import MemeError, check_choice
 from meme.features import store as st
+from meme.nets import DEFAULT_LATENT_DIM, modality_class
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def load_cub(cfg, split: str):
 
 def build_cub_modalities(cfg, train_data):
     """The image-feature and caption networks, sized from the store's vocabulary."""
-    from meme.nets import DEFAULT_LATENT_DIM, modality_class
-
     vocab = st.read_vocab(default_features_dir(cfg))
     floor = cfg.sigma_floor or None   # 0 = the family's own floor
     latent = cfg.latent_dim or DEFAULT_LATENT_DIM

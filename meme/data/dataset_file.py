@@ -48,6 +48,7 @@ from meme.data.paired import PairedData, check_classes, check_finite, class_ids,
 from meme.device import check_fits
 from meme.errors import MemeError
 from meme.paths import FILE_SUFFIXES, is_dataset_file, resolved
+from meme.nets import DEFAULT_LATENT_DIM, modality_class
 from meme.nets.shaped import KINDS, LIKELIHOODS, check_image_shape
 from meme.yamlio import load_yaml
 
@@ -129,8 +130,6 @@ class DatasetFile:
 
     def build_modalities(self, cfg, train_data=None):
         """The modalities' networks, chosen by kind from the config's family (``cfg.nets``)."""
-        from meme.nets import DEFAULT_LATENT_DIM, modality_class
-
         latent = cfg.latent_dim or self.latent_dim or DEFAULT_LATENT_DIM
         out = []
         for m, (entry, res) in enumerate(zip(self.modalities, self.resolved())):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meme.data.mnist_svhn import load_mnist, resolve_data_dir
 from meme.data.synthetic import GENERATED, _record, _sha256, check_targets
 from meme.errors import MemeError
 
@@ -55,8 +56,6 @@ modalities:
 
 def dataset_file(data_dir) -> Path:
     """``<data dir>/PolyMNIST/polymnist.yaml``, where ``--dataset polymnist`` reads it (one line if it is not there)."""
-    from meme.data.mnist_svhn import resolve_data_dir
-
     path = resolve_data_dir(data_dir or None) / "PolyMNIST" / "polymnist.yaml"
     if not path.is_file():
         raise MemeError(f"no PolyMNIST in {path.parent}; write it with `meme data polymnist --data-dir "
@@ -198,8 +197,6 @@ def write_polymnist(out, data_dir=None, n_train: int | None = None, n_test: int 
     if release is not None:
         splits = {split: read_release(Path(release).expanduser().resolve(), split) for split in ("train", "test")}
     else:
-        from meme.data.mnist_svhn import load_mnist
-
         bgs = backgrounds(plain)
         splits = {}
         for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):

@@ -286,24 +286,6 @@ def load_classifiers(names, directory, device="cpu", missing: str = "error") -> 
     return out
 
 
-def run_classifiers(cfg, device="cpu", progress: bool = False, directory=None) -> dict[str, nn.Module]:
-    """The classifiers that judge the coherence of runs of ``cfg.dataset``, by modality name.
-
-    For a dataset file (the user's own data): one per modality, trained on its real training table and cached
-    by the tables' content (``meme.eval.table_classifiers``; trained here when missing). For the built-in
-    datasets: the digit classifiers stored in ``directory`` (default ``<data dir>/classifiers``); a missing
-    one is skipped, and so are its coherence metrics."""
-    from meme.data import get_dataset
-
-    spec = get_dataset(cfg.dataset)
-    if spec.file is not None:
-        from meme.eval.table_classifiers import table_classifiers
-
-        return {n: c.to(device) for n, (c, _) in table_classifiers(spec.file(cfg), progress=progress).items()}
-    directory = directory or classifier_dir(cfg.data_dir or None)
-    return load_classifiers(spec.names, directory, device=device, missing="skip")
-
-
 def ensure_classifiers(names, data_dir=None, directory=None, retrain: bool = False, device="cpu",
                        epochs: int | None = None, progress: bool = True, download: bool = True,
                        max_train: int = 0) -> dict[str, dict]:

@@ -10,30 +10,27 @@ import json
 import logging
 from pathlib import Path
 
-from meme.errors import MemeError
+from meme.checkpoint import CHECKPOINT
+from meme.data import get_dataset
+from meme.device import resolve_device
+from meme.errors import MemeError, check_choice
+from meme.eval.classifiers import CLASSIFIERS, classifier_dir, ensure_classifiers, load_classifiers
+from meme.eval.config import EvalConfig
+from meme.eval.evaluator import Evaluator, run_classifiers
+from meme.models import MODELS
 from meme.paths import check_dir_target
+from meme.runs import load_run
 
 log = logging.getLogger(__name__)
 
-def cmd_eval(args) -> int:
-    from meme.data import get_dataset
-    from meme.eval.classifiers import classifier_dir, load_classifiers, run_classifiers
-    from meme.eval.config import EvalConfig
-    from meme.eval.evaluator import Evaluator
-    from meme.device import resolve_device
-    from meme.runs import load_run
 
+def cmd_eval(args) -> int:
     if not args.checkpoint:
         raise MemeError("meme eval needs --checkpoint RUN_DIR (or the subcommand `classifiers`)")
     if args.model:
-        from meme.errors import check_choice
-        from meme.models import MODELS
-
         check_choice("model", args.model, MODELS)
     if args.out:
         check_dir_target(args.out, "--out")
-        from meme.checkpoint import CHECKPOINT
-
         if (Path(args.out) / CHECKPOINT).exists() or (Path(args.out) / "metrics.jsonl").exists():
             raise MemeError(f"--out {args.out} is a training run's folder: its metrics.json would be overwritten; "
                             f"give another --out (the default is <run dir>/eval)")
@@ -62,9 +59,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_classifiers(args) -> int:
-    from meme.eval.classifiers import CLASSIFIERS, ensure_classifiers
-    from meme.device import resolve_device
-
     names = args.modality or list(CLASSIFIERS)
     records = ensure_classifiers(names, data_dir=args.data_dir or None, directory=args.out or None,
                                  retrain=not args.reuse, device=resolve_device(args.device), epochs=args.epochs,
@@ -88,8 +82,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--no-coherence", action="store_true", help="skip coherence (no classifiers needed)")
     e.add_argument("--no-figures", action="store_true", help="metrics only")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
-    from meme.eval.config import EvalConfig
-
     EvalConfig.add_options(e)
     e.set_defaults(func=cmd_eval)
     sub = e.add_subparsers(dest="eval_command", required=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from meme.data.batch import gather
 from meme.eval.latents import Encoded
 
 
@@ -48,8 +49,6 @@ def subset_coherence(model, data, pairs: Tensor, subsets, classifiers: dict[int,
                      device, use_mean: bool = False) -> dict[tuple[tuple[int, ...], int], float]:
     """Coherence S -> t for every subset S of ``subsets`` and every t outside S that has a classifier, over
     ``pairs``: one pass over the data, each modality encoded once per batch, each subset fused once."""
-    from meme.data.batch import gather
-
     M = len(data.names)
     correct: dict = {}
     for start in range(0, pairs.numel(), batch_size):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from meme.data.cub import default_features_dir
+from meme.eval.cca import caption_examples, cub_cca_metrics, fit_cub_cca, write_caption_examples
+from meme.features.store import read_sentence_embedder, read_vocab
+
 _CCA_CACHE: dict = {}
 
 
 def _cub(cfg, model, train_data, test_data, eval_cfg, out: Path | None, figures: bool) -> tuple[dict, list[Path]]:
-    from meme.data.cub import default_features_dir
-    from meme.eval.cca import caption_examples, cub_cca_metrics, fit_cub_cca, write_caption_examples
-    from meme.features.store import read_sentence_embedder, read_vocab
-
     store = default_features_dir(cfg)
     pairs = hashlib.sha256(b"".join(i.cpu().numpy().tobytes() for i in train_data.index)).hexdigest()
     key = (str(Path(store).resolve()), pairs)  # the CCA is fitted on exactly these training pairs

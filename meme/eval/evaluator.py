@@ -3,7 +3,7 @@
 It owns what every evaluation of a trained run needs, so that ``meme train`` (``Trainer.evaluator``), the
 orchestrator's trials and ``meme eval`` evaluate the same way:
 
-* the judging classifiers: given, or found once on first use (``meme.eval.classifiers.run_classifiers``: those
+* the judging classifiers: given, or found once on first use (``run_classifiers``: those
   stored under ``<data_dir>/classifiers``, missing ones skipped with their coherence metrics; for a dataset file
   the ones trained on its tables);
 * the evaluation suite (``meme.eval.suite.evaluate``) and then the dataset's extras (``meme.eval.datasets``,
@@ -21,16 +21,32 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
-from meme.data import PairedData
-from meme.eval.classifiers import run_classifiers
+from meme.data import PairedData, get_dataset
+from meme.eval.classifiers import classifier_dir, load_classifiers
 from meme.eval.config import EvalConfig
 from meme.eval.datasets import dataset_evaluation
 from meme.eval.suite import evaluate, write_metrics
+from meme.eval.table_classifiers import table_classifiers
+
+
+def run_classifiers(cfg, device="cpu", progress: bool = False, directory=None) -> dict[str, nn.Module]:
+    """The classifiers that judge the coherence of runs of ``cfg.dataset``, by modality name.
+
+    For a dataset file (the user's own data): one per modality, trained on its real training table and cached
+    by the tables' content (``meme.eval.table_classifiers``; trained here when missing). For the built-in
+    datasets: the digit classifiers stored in ``directory`` (default ``<data dir>/classifiers``); a missing
+    one is skipped, and so are its coherence metrics."""
+    spec = get_dataset(cfg.dataset)
+    if spec.file is not None:
+        return {n: c.to(device) for n, (c, _) in table_classifiers(spec.file(cfg), progress=progress).items()}
+    directory = directory or classifier_dir(cfg.data_dir or None)
+    return load_classifiers(spec.names, directory, device=device, missing="skip")
 
 
 class Evaluator:
-    def __init__(self, cfg, model: torch.nn.Module, train_data: PairedData,
+    def __init__(self, cfg, model: nn.Module, train_data: PairedData,
                  test_data: PairedData | Callable[[], PairedData], device: torch.device, classifiers: dict | None = None):
         """``test_data`` may be a function that loads it, called at the first evaluation."""
         self.cfg, self.model, self.train_data, self.device = cfg, model, train_data, device

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from meme.data.batch import gather
 from meme.data.paired import PairedData
+from meme.device import resolve_device, resolve_precision
 from meme.errors import MemeError
 from meme.eval import plots
 from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample, subset_coherence
@@ -34,8 +35,6 @@ def _device(model: nn.Module, name: str) -> torch.device:
     if name == "auto":
         p = next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-    from meme.device import resolve_device
-
     return resolve_device(name)
 
 
@@ -86,10 +85,6 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
 
 def _autocast(precision: str, device: torch.device):
     """bf16 autocast where ``precision`` resolves to bf16 (``meme.device.resolve_precision``), else nothing."""
-    from contextlib import nullcontext
-
-    from meme.device import resolve_precision
-
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()

@@ -31,6 +31,7 @@ from meme.data.mnist_svhn import cache_dir
 from meme.errors import MemeError
 from meme.eval.classifiers import DigitClassifier, EarlyStop, accuracy, fit_classifier, write_classifier
 from meme.eval.latents import has_labels
+from meme.nets.base import as_float
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def build_table_classifier(res: Resolved, n_classes: int, pad: int | None = None
         return TokensClassifier(res.shape[0], res.vocab, n_classes, pad)
     mean = std = None
     if train_rows is not None:
-        from meme.nets.base import as_float
-
         x = as_float(train_rows).float()
         mean, std = x.mean(0), x.std(0).clamp(min=1e-3)
     return VectorClassifier(res.shape[0], n_classes, mean, std)

@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch.nn.functional as F
+
 from meme.errors import MemeError
+from meme.features import store as st
+from meme.features.captions import CaptionSettings, build_caption_store, write_standin_images
+from meme.features.cub_files import FLAT_CAPTION_FILES, SPLITS, read_captions, read_cub_images, read_flat_captions_only
+from meme.features.resnet import extract_image_features
+from meme.features.text import FastTextSettings
+from meme.paths import check_existing_dir
 
 
 def _images(args) -> int:
-    from meme.features.cub_files import read_cub_images
-    from meme.features.resnet import extract_image_features
-
     images = read_cub_images(args.cub_dir)
     path = extract_image_features(images, args.out, args.split, args.weights, args.preprocess, args.image_size,
                                   args.batch_size, args.device, args.workers, args.seed, args.split_seed,
@@ -27,8 +32,6 @@ def _images(args) -> int:
 
 
 def _caption_sources(args):
-    from meme.features.cub_files import read_captions, read_cub_images, read_flat_captions_only
-
     paths = [Path(p).expanduser() for p in args.captions]
     if args.cub_dir:
         if len(paths) != 1 or not paths[0].is_dir():
@@ -36,8 +39,6 @@ def _caption_sources(args):
         images = read_cub_images(args.cub_dir, check_files=False)
         return images, read_captions(paths[0], images, args.layout)
     if len(paths) == 1 and paths[0].is_dir():
-        from meme.features.cub_files import FLAT_CAPTION_FILES
-
         paths = [paths[0] / f for f in FLAT_CAPTION_FILES.values() if (paths[0] / f).is_file()]
         if not paths:
             raise MemeError(f"no {' or '.join(FLAT_CAPTION_FILES.values())} in {args.captions[0]}; text_c10/ needs --cub-dir")
@@ -45,9 +46,6 @@ def _caption_sources(args):
 
 
 def _captions(args) -> int:
-    from meme.features.captions import CaptionSettings, build_caption_store
-    from meme.features.text import FastTextSettings
-
     images, captions = _caption_sources(args)
     settings = CaptionSettings(args.min_occ, args.max_len, args.a, FastTextSettings(
         args.dim, args.window, args.min_count, args.epochs, args.bucket, args.seed, args.workers))
@@ -61,17 +59,12 @@ def _captions(args) -> int:
 
 
 def _standin(args) -> int:
-    from meme.features.captions import write_standin_images
-
     path = write_standin_images(args.out, seed=args.seed)
     print(f"wrote {path} (STAND-IN image features generated from the captions, not CUB images)")
     return 0
 
 
 def _info(args) -> int:
-    from meme.features import store as st
-    from meme.paths import check_existing_dir
-
     check_existing_dir(args.out, "--out")
     for kind, name in st.FILES.items():
         path = Path(args.out) / name
@@ -91,10 +84,6 @@ def _info(args) -> int:
 
 def nearest_words(store, word: str, n: int = 3) -> list[tuple[str, float]]:
     """The ``n`` vocabulary words whose FastText vectors are closest (cosine) to ``word``'s."""
-    import torch.nn.functional as F
-
-    from meme.features import store as st
-
     table, _ = st.read_table(Path(store) / st.FILES["words"], "words")
     words = table.column("word").to_pylist()
     if word not in words:
@@ -108,8 +97,6 @@ def nearest_words(store, word: str, n: int = 3) -> list[tuple[str, float]]:
 
 
 def add_features_parser(sub) -> None:
-    from meme.features.cub_files import SPLITS
-
     f = sub.add_parser("features", help="CUB feature extraction (ResNet-101, FastText) into the Parquet store",
                        description="Build the CUB feature store that `meme train --dataset cub` reads. "
                                    "The CUB images and captions must be downloaded by hand: see the README's CUB section.")

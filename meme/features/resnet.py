@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from meme.features.cub_files import CUBImages, sha256_file
+from meme.device import resolve_device
 from meme.errors import MemeError, check_choice
 from meme.features import store as st
 from meme.progress import bar as progress_bar
@@ -222,12 +223,6 @@ def _reuse_existing(path: Path, settings: dict, progress: _Progress) -> None:
     for r, i in enumerate(images.image_id.tolist()):
         if i not in progress.rows:
             progress.rows[i] = (feats[r], digests[r])
-
-
-def resolve_device(device: str) -> torch.device:
-    from meme.device import resolve_device as _resolve
-
-    return _resolve(device)
 
 
 def extract_image_features(images: CUBImages, store, split_scheme: str = "classes", weights: str = "imagenet",

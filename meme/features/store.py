@@ -47,8 +47,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+import meme
 from meme.arrow import VECTOR_KEY, column_array
 from meme.errors import MemeError
+from meme.features.text import SentenceEmbedder, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,6 @@ SCHEMAS = {"images": (image_schema, (("features", pa.float32()),)),
 def library_versions() -> dict[str, str]:
     import gensim
     import torchvision
-
-    import meme
 
     return {"python": platform.python_version(), "meme": getattr(meme, "__version__", "?"), "numpy": np.__version__,
             "pyarrow": pa.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -321,15 +321,11 @@ def read_captions(store) -> CaptionTable:
 
 def read_vocab(store):
     """The store's vocabulary (``vocab.json``)."""
-    from meme.features.text import Vocab
-
     return Vocab.load(Path(store) / VOCAB_FILE)
 
 
 def read_sentence_embedder(store):
     """The ``SentenceEmbedder`` (word vectors, weights, principal component) the store's captions were embedded with."""
-    from meme.features.text import SentenceEmbedder
-
     table, meta = read_table(Path(store) / FILES["words"], "words")
     vocab = read_vocab(store)
     if meta.get("vocab_sha256") != vocab.sha256:
