@@ -143,10 +143,9 @@ TWO = textwrap.dedent("""
     import json, time
     import torch
     torch.set_num_threads({threads})
-    from meme.models import TrainConfig
     from meme.data import PairedData
     from meme.data.batch import gather
-    from meme.train import Trainer
+    from meme.train import Trainer, TrainConfig   # where both revisions have it
 
     g = torch.Generator().manual_seed(0)
     n = 512
@@ -193,6 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--before", default=BEFORE, help="the revision to compare two-modality speed with ('' to skip)")
     args = p.parse_args(argv)
+    if args.multivae_python:   # absolute (not resolved: a venv's python is a link), since the peer runs elsewhere
+        args.multivae_python = os.path.abspath(os.path.expanduser(args.multivae_python))
+        if not os.access(args.multivae_python, os.X_OK):
+            p.error(f"--multivae-python {args.multivae_python}: no such Python; make the peer's environment first: "
+                    f"python -m venv .venv-multivae && .venv-multivae/bin/pip install multivae \"torch==2.14.1\"")
     print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs); {args.threads} threads")
 
     fmt = dict(threads=args.threads, steps=args.steps, B=B, L=L, M=M)
