@@ -28,18 +28,11 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path) -> set[str]:
     """Every module ``path`` imports, at any depth; ``from pkg import name`` counts as ``pkg.name``."""
     tree = ast.parse(path.read_text(), str(path))
-    here = module_name(path)
+    here, is_pkg = module_name(path), path.name == "__init__.py"
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative import
-                pkg = here.split(".")[: len(here.split(".")) - node.level + (path.name == "__init__.py")]
-                base = ".".join([*pkg, base] if base else pkg)
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out |= _resolve(node, here, is_pkg)
     return out
 
 
@@ -104,6 +97,7 @@ EXTRA = ("ray", "optuna", "mlflow", "pydantic", "pydantic_core")   # the orchest
 
 
 def _resolve(node: ast.ImportFrom | ast.Import, here: str, is_pkg: bool) -> set[str]:
+    """The modules an import statement in module ``here`` names; ``from pkg import name`` counts as ``pkg.name``."""
     if isinstance(node, ast.Import):
         return {a.name for a in node.names}
     base = node.module or ""
