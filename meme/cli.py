@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset file (polymnist: default <data dir>/PolyMNIST, where --dataset polymnist reads it)")
     d.add_argument("--no-download", action="store_true", help="mnist-views and polymnist: fail instead of downloading MNIST")
     d.add_argument("--plain-backgrounds", action="store_true", help="polymnist: each modality's background one colour "
-                   "(its photo's mean) instead of crops of the photo: a reduced PolyMNIST that a CPU learns in a few "
-                   "epochs (polymnist_reduced), not the benchmark")
+                   "(its photo's mean, at full contrast) instead of crops of the photo, and the image networks by shape "
+                   "instead of the PolyMNIST ones: a reduced PolyMNIST that a CPU learns in a few epochs "
+                   "(polymnist_reduced), not the benchmark")
     d.add_argument("--from-release", default=None, metavar="DIR", help="polymnist: the official PolyMNIST release "
                    "(DIR/train/m0..m4/<index>.<label>.png and DIR/test/...) instead of building it from MNIST")
     d.add_argument("--data-dir", default="", help="data directory (default: $MEME_DATA_DIR or ~/.cache/meme)")
