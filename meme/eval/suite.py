@@ -65,6 +65,9 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
     device = _device(model, cfg.device)
     model.to(device)
     classifiers = {k: c.to(device).eval() for k, c in classifiers.items()}
+    fast = resolve_precision(cfg.precision, device) == "bf16"   # fp32 keeps every number as it was
+    if fast:
+        classifiers = {k: c.for_inference() if hasattr(c, "for_inference") else c for k, c in classifiers.items()}
     was_training = model.training
     model.eval()
     out = Path(out_dir) if out_dir is not None else None
@@ -73,7 +76,8 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
                 _autocast(cfg.precision, device):
             torch.manual_seed(cfg.seed)
             metrics, files = _evaluate(model, train_data, test_data, classifiers, cfg, device, out,
-                                       figures and out is not None, progress, {} if timings is None else timings)
+                                       figures and out is not None, progress, {} if timings is None else timings,
+                                       exact_w2=not fast)
     finally:
         model.train(was_training)
     if out is not None:
@@ -98,7 +102,7 @@ def write_metrics(out_dir, metrics: dict) -> Path:
 
 
 def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device, out: Path | None, figures: bool,
-              progress: bool, timings: dict[str, float]) -> tuple[dict[str, float], list[Path]]:
+              progress: bool, timings: dict[str, float], exact_w2: bool = True) -> tuple[dict[str, float], list[Path]]:
     names = model.names
     g = torch.Generator().manual_seed(cfg.seed)
     test_pairs = torch.randperm(len(test_data), generator=g)
@@ -120,8 +124,10 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
         bar.update(1)
 
     M = len(names)
-    with stage("encode"):
-        enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device)
+    probe = train_data is not None and len(train_data) > 0 and has_labels(test_data.labels[test_pairs]) \
+        and has_labels(train_data.labels)
+    with stage("encode"):   # with the joint posterior's mean where the probe takes it: the test set is encoded once
+        enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device, joint=probe)
 
     with stage("coherence"):
         for name, clf in classifiers.items():  # how far the judges themselves can be trusted
@@ -138,12 +144,12 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
                                                          cfg.n_joint, cfg.batch_size)
 
     with stage("latent_probe"):
-        if train_data is not None and len(train_data) and has_labels(enc.labels) and has_labels(train_data.labels):
+        if probe:
             train_pairs = torch.randperm(len(train_data), generator=g)
             if cfg.n_latent_train:
                 train_pairs = train_pairs[:cfg.n_latent_train]
             enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device, joint=True)
-            joint_test = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device, joint=True).joint_mu
+            joint_test = enc.joint_mu
             train_y, test_y = enc_train.labels.numpy(), enc.labels.numpy()
             for m in range(M):
                 metrics[f"latent_acc_{names[m]}"] = latent_accuracy(
@@ -155,11 +161,12 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
         by = cfg.related_by
         if by == "auto":
             by = "label" if has_labels(enc.labels) and int(enc.labels.max()) < MAX_LABEL_CLASSES else "pair"
-        rel = relatedness(enc, cfg.batch_size, by)   # modalities 0 and 1: the figures' pair
+        rel = relatedness(enc, cfg.batch_size, by, exact=exact_w2)   # modalities 0 and 1: the figures' pair
         if M == 2:
             metrics.update(rel.summary())
         else:   # every pair: each as w2_<name>_<a>_<b>, and the mean over the pairs under the two-modality names
-            per_pair = {(a, b): (rel if (a, b) == (0, 1) else relatedness(enc.pair(a, b), cfg.batch_size, by)).summary()
+            per_pair = {(a, b): (rel if (a, b) == (0, 1) else relatedness(enc.pair(a, b), cfg.batch_size, by,
+                                                                                   exact=exact_w2)).summary()
                         for a, b in itertools.combinations(range(M), 2)}
             for (a, b), summary in per_pair.items():
                 metrics.update({f"{k}_{names[a]}_{names[b]}": v for k, v in summary.items()})
