@@ -258,8 +258,8 @@ def _source(data_dir, n_train, n_test, seed, release, plain=False) -> dict:
 def _describe(source: dict) -> str:
     if "release" in source:
         return f"the release in {source['release']}"
-    plain = {None: "", True: ", plain backgrounds of mean colours"}.get(source.get("plain"),
-                                                                        f", plain backgrounds of {source.get('plain')}")
+    plain = source.get("plain")   # True: written before full contrast
+    plain = "" if not plain else f", plain backgrounds of {'mean colours' if plain is True else plain}"
     return f"built from MNIST: {source['n_train']} train, {source['n_test']} test, seed {source['seed']}{plain}"
 
 

@@ -73,7 +73,7 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
     out = Path(out_dir) if out_dir is not None else None
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-                _autocast(cfg.precision, device):
+                _autocast(fast, device):
             torch.manual_seed(cfg.seed)
             metrics, files = _evaluate(model, train_data, test_data, classifiers, cfg, device, out,
                                        figures and out is not None, progress, {} if timings is None else timings,
@@ -87,11 +87,10 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
     return metrics, files
 
 
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast where ``precision`` resolves to bf16 (``meme.device.resolve_precision``), else nothing."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def _autocast(bf16: bool, device: torch.device):
+    """bf16 autocast where the evaluation's precision resolved to bf16 (``meme.device.resolve_precision``), else
+    nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def write_metrics(out_dir, metrics: dict) -> Path:
