@@ -128,7 +128,10 @@ def test_study_submitted_to_the_cluster_runs_on_both_nodes_and_tracks_to_the_mlf
 
 def test_stopped_study_saves_its_state_and_a_resubmitted_resume_completes_it(cluster, tmp_path):
     storage = tmp_path / "studies"
-    args = study_args(cluster, storage, "--shared-storage", "--experiment", "cluster-resume", "--epochs", "4")
+    # enough epochs that the stop lands mid-study: at 4 the two trials (about 1.5 s an epoch) could finish before
+    # the --stop command had started up, and the study then ran to its end
+    epochs = 20
+    args = study_args(cluster, storage, "--shared-storage", "--experiment", "cluster-resume", "--epochs", str(epochs))
     r = cluster.submit(*args, "--no-wait")
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip()
@@ -140,7 +143,7 @@ def test_stopped_study_saves_its_state_and_a_resubmitted_resume_completes_it(clu
     assert "interrupted; the state is saved" in logs, logs[-3000:]
     run_dir, state = only_run(storage)
     before = trial_results(run_dir)
-    assert sum(len(rs) for rs in before.values()) < 8, "the study was stopped before it finished"
+    assert sum(len(rs) for rs in before.values()) < 2 * epochs, "the study was stopped before it finished"
 
     r = cluster.submit("--study", str(cluster.study), "--storage", str(storage), "--shared-storage", "--quiet",
                        "--resume")
@@ -148,18 +151,19 @@ def test_stopped_study_saves_its_state_and_a_resubmitted_resume_completes_it(clu
     assert f"resuming {run_dir}" in r.stdout
     after = trial_results(run_dir)
     for trial, rs in after.items():
-        epochs = [res["epoch"] for res in rs]
         # Ray's own result.json is at-least-once: a stop that lands after an epoch's report but before Ray has
         # recorded its checkpoint replays that one epoch from the checkpoint before it, so that epoch, and only
         # it (the last one reported before the stop), may appear twice there; MLflow below logs each epoch once
         stopped_at = max((res["epoch"] for res in before.get(trial, [])), default=None)
-        assert epochs == sorted(epochs) and sorted(set(epochs)) == [1, 2, 3, 4], (trial, epochs)
-        assert all(epochs.count(e) == 1 or (e == stopped_at and epochs.count(e) == 2) for e in epochs), (trial, epochs)
+        reported = [res["epoch"] for res in rs]
+        assert reported == sorted(reported) and sorted(set(reported)) == list(range(1, epochs + 1)), (trial, reported)
+        assert all(reported.count(e) == 1 or (e == stopped_at and reported.count(e) == 2) for e in reported), \
+            (trial, reported)
     children = mlflow_children(cluster.tracking_uri, state)
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FINISHED"
-        assert epochs_logged(cluster.tracking_uri, child.info.run_id) == [1, 2, 3, 4]
+        assert epochs_logged(cluster.tracking_uri, child.info.run_id) == list(range(1, epochs + 1))
 
 
 def test_a_local_path_on_a_multi_node_cluster_is_refused(cluster, tmp_path):
