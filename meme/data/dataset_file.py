@@ -25,7 +25,8 @@ modalities:
 * ``networks`` (per modality): ``hidden`` (MLP widths), ``channels`` (the first conv's width, images),
   ``likelihood`` (``laplace`` or ``gaussian``, images and vectors), ``scale`` (its fixed scale; default
   the run's ``llik_scale``; images and vectors) and ``preset`` (named networks for images of their shape:
-  ``polymnist``, the published PolyMNIST networks under ``nets: published``, ``meme.nets.polymnist``); a key
+  ``polymnist``, the published PolyMNIST networks under ``nets: published``, ``meme.nets.polymnist``; ``mnist``,
+  the MNIST networks of the run's family, ``meme.nets.mnist``); a key
   the modality's kind does not take is an error, not ignored. The networks themselves are chosen by shape: ``meme.nets.shaped``. A vector modality's decoder
   output follows its values (``Resolved.unit_range``, the run's ``vector_output``): a sigmoid where all of
   them lie in [0, 1], else standardised rows (the training table's per-feature statistics).
@@ -59,7 +60,7 @@ NETWORK_KEYS = ("hidden", "channels", "likelihood", "scale", "preset")
 #: the ``networks`` keys each kind's builder (``meme.nets.shaped``) takes
 NETWORK_KEYS_BY_KIND = {"image": NETWORK_KEYS, "vector": ("hidden", "likelihood", "scale"), "tokens": ("hidden",)}
 #: named networks a modality can ask for instead of the shaped ones: preset -> the row shape it takes
-PRESETS = {"polymnist": (3, 28, 28)}
+PRESETS = {"polymnist": (3, 28, 28), "mnist": (1, 28, 28)}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RESERVED = ("split", "random")   # the observation schemes that are not a modality
 

@@ -9,7 +9,8 @@
 Every model (MEME and the baselines) builds its modalities from the same family, like for like.
 Each family also has networks by kind (``image``, ``vector``, ``tokens``: ``meme.nets.shaped``), sized
 from the rows' shape, for datasets described by a file, and presets a dataset file can name for a modality
-(``networks: {preset: polymnist}``: ``meme.nets.polymnist``).
+(``networks: {preset: polymnist}``: ``meme.nets.polymnist``; ``{preset: mnist}``: the family's MNIST networks,
+``meme.nets.mnist``, for 1 x 28 x 28 images).
 Runs written before the family was a config key were trained with ``appendix_k``
 (``meme.config.LEGACY_DEFAULTS``).
 """
