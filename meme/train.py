@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from meme.checkpoint import CHECKPOINT, CHECKPOINT_VERSION, check_checkpoint, load_checkpoint, stored_config
 from meme.models import TrainConfig
-from meme.device import resolve_device, resolve_precision
+from meme.device import resolve_device, resolve_precision, tune_allocator
 from meme.data import BatchLoader, get_dataset, latent_size
 from meme.data.batch import gather
 from meme.errors import MemeError
@@ -60,6 +60,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        tune_allocator()
         run = build_run(cfg, train_data)
         self.train_data, self.observation, self.model = run.train_data, run.observation, run.model.to(self.device)
         self._test_data = test_data

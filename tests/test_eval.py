@@ -1,6 +1,7 @@
 """The evaluation suite on models with known answers: W2, coherence, latent probe, likelihoods, relatedness."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -347,3 +348,25 @@ def test_the_judge_for_inference_folds_batchnorm_and_gives_the_same_logits():
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
     assert torch.equal(got.argmax(1), want.argmax(1))
     assert fast.features[1].__class__ is nn.MaxPool2d and fast.features[2].__class__ is nn.ReLU   # pool, then ReLU
+
+
+def test_the_probe_in_float32_gives_the_float64_accuracy_and_runs_where_the_evaluation_is_bf16(template_setup,
+                                                                                                monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    y_tr, y_te = torch.randint(10, (3000,), generator=g), torch.randint(10, (3000,), generator=g)
+    w = torch.randn(10, 32, generator=g)
+    z = lambda y: nn.functional.one_hot(y, 10).float() @ w + 1.5 * torch.randn(len(y), 32, generator=g)  # noqa: E731
+    tr, te = z(y_tr), z(y_te)
+    f64 = latent_accuracy(tr, y_tr, te, y_te)
+    f32 = latent_accuracy(tr, y_tr, te, y_te, dtype=np.float32)
+    assert 0.3 < f64 < 0.99 and abs(f32 - f64) <= 0.002, (f32, f64)   # an overlapping problem, 3000 test points
+    # which dtype each precision's evaluation fits the probe in
+    import meme.eval.suite as suite
+
+    seen = []
+    monkeypatch.setattr(suite, "latent_accuracy", lambda *a, dtype, **k: seen.append(dtype) or 1.0)
+    monkeypatch.setattr(suite, "resolve_precision", lambda precision, device: precision)
+    model, clfs, train, test, _ = template_setup
+    for precision in ("fp32", "bf16"):
+        evaluate(model, train, test, clfs, dataclasses.replace(FAST, precision=precision))
+    assert seen == [np.float64] * 3 + [np.float32] * 3   # a, b and the joint posterior

@@ -259,6 +259,7 @@ def test_coherence_given_a_subset_is_the_fused_posterior_decoded_and_judged():
     """``subset_coherence`` against a literal loop: MVAE's product with the prior expert and MMVAE's mixture
     (a component drawn per example), decoded into each target outside S and judged."""
     from meme.eval.coherence import subset_coherence
+    from meme.eval.latents import encode_pairs
 
     names = ("m0", "m1", "m2")
     data = PairedData.from_tables({n: torch.rand(40, d) for n, d in zip(names, DIMS)}, torch.arange(40) % 3)
@@ -268,7 +269,8 @@ def test_coherence_given_a_subset_is_the_fused_posterior_decoded_and_judged():
     for cls in (MVAE, MMVAE):
         model = models_for(cls, 3).eval()
         torch.manual_seed(9)
-        got = subset_coherence(model, data, pairs, [(0, 1), (0, 2), (1, 2)], judges, 64, "cpu")
+        enc = encode_pairs(model, data, pairs, 64, "cpu", experts=True)
+        got = subset_coherence(model, enc, [(0, 1), (0, 2), (1, 2)], judges, 64, "cpu")
         torch.manual_seed(9)
         xs = [data.tables[m] for m in range(3)]
         with torch.no_grad():
@@ -284,6 +286,37 @@ def test_coherence_given_a_subset_is_the_fused_posterior_decoded_and_judged():
                 (t,) = [m for m in range(3) if m not in S]
                 want = (judges[t](model.mods[t].decode(z)).argmax(-1) == data.labels).float().mean().item()
                 assert got[(S, t)] == pytest.approx(want, abs=1e-6), (cls.name, S)   # a count over 40, in float32 or not
+
+
+@pytest.mark.parametrize("cls", [MVAE, MoPoE, MMVAE])
+def test_encoding_for_the_evaluation_runs_each_encoder_once_per_batch_and_gives_what_separate_calls_give(cls):
+    """``encode_pairs`` takes the unimodal posterior, the expert and the joint posterior from one pass of each
+    encoder network per batch, equal to ``model.encode``, ``model.expert`` and ``model.fuse`` called apart."""
+    from meme.eval.latents import encode_pairs
+
+    names = ("m0", "m1", "m2")
+    data = PairedData.from_tables({n: torch.rand(40, d) for n, d in zip(names, DIMS)}, torch.arange(40) % 3)
+    model = models_for(cls, 3).eval()
+    calls = [0, 0, 0]
+
+    def counted(m, encode):
+        def run(x):
+            calls[m] += 1
+            return encode(x)
+        return run
+
+    for m, mod in enumerate(model.mods):
+        mod.encode = counted(m, mod.encode)
+    enc = encode_pairs(model, data, torch.arange(40), 16, "cpu", joint=True, experts=True)
+    assert calls == [3, 3, 3]   # 40 examples in batches of 16
+    xs = [data.tables[m] for m in range(3)]
+    with torch.no_grad():
+        for m in range(3):
+            assert torch.equal(enc.mu[m], model.encode(xs[m], m)[0]) and torch.equal(enc.sigma[m], model.encode(xs[m], m)[1])
+            assert all(torch.equal(a, b) for a, b in zip(enc.expert(m), model.expert(xs[m], m)))
+        assert torch.equal(enc.joint_mu, model.fuse([model.expert(xs[m], m) for m in range(3)])[0].mean(0))
+    # MVAE's experts are not its unimodal posteriors (those include the prior expert); the others' are
+    assert (enc.experts is not None) == (cls is MVAE)
 
 
 def three_modalities(d, n_train=240, n_test=60, rows=None, names=("a", "b", "c"), dup=False):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -275,3 +278,26 @@ def test_a_run_trained_on_a_gpu_is_rebuilt_on_a_machine_without_one(synth_dir, t
     torch.save(state, tmp_path / "checkpoint.pt")
     model, cfg, _, _ = load_run(tmp_path)
     assert cfg.device == "cuda" and model.names == ("mnist", "svhn")
+
+
+_HELD = """
+import os, torch
+from meme.device import tune_allocator
+print(tune_allocator())
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+x = torch.ones(100 * 2**20 // 4)   # 100 MiB: above glibc's largest mmap threshold (32 MiB) by default
+before = rss()
+del x
+print(before - rss() > 50 * 2**20)   # whether freeing it handed the pages back
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("setting, applied, handed_back", [("tuned", "True", "False"), ("default", "False", "True")])
+def test_the_allocator_keeps_freed_tensor_memory_unless_told_not_to(setting, applied, handed_back):
+    """``tune_allocator``: a freed 100 MiB tensor stays in the process (its pages need no fault and zeroing when the
+    next step allocates them again); ``MEME_MALLOC=default`` keeps glibc's behaviour, which hands them back."""
+    out = subprocess.run([sys.executable, "-c", _HELD], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MEME_MALLOC": setting}).stdout.split()
+    assert out == [applied, handed_back]

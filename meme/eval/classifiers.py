@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from meme.data.mnist_svhn import load_mnist, load_svhn, resolve_data_dir
-from meme.device import resolve_precision
+from meme.device import resolve_precision, tune_allocator
 from meme.errors import MemeError, check_choice
 from meme.nets.base import as_float
 from meme.progress import bar as progress_bar
@@ -168,6 +168,7 @@ def fit_classifier(build: Callable[[], nn.Module], x_tr: Tensor, y_tr: Tensor, e
     score them every ``CHECK_EVERY`` steps, and at a plateau anneal and stop (``EarlyStop``; ``epochs`` is then the
     most it runs). Where bf16 is native (``resolve_precision("auto")``) the forward pass runs in bf16 autocast.
     ``benchmarks/classifier_speed.py`` measures it against the one-cycle schedule on MNIST."""
+    tune_allocator()
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     x_val = y_val = None

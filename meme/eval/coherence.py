@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from meme.data.batch import gather
 from meme.eval.latents import Encoded
 
 
@@ -45,16 +44,17 @@ def cross_coherence(model, enc: Encoded, src: int, dst: int, classifier: nn.Modu
 
 
 @torch.no_grad()
-def subset_coherence(model, data, pairs: Tensor, subsets, classifiers: dict[int, nn.Module], batch_size: int,
+def subset_coherence(model, enc: Encoded, subsets, classifiers: dict[int, nn.Module], batch_size: int,
                      device, use_mean: bool = False) -> dict[tuple[tuple[int, ...], int], float]:
-    """Coherence S -> t for every subset S of ``subsets`` and every t outside S that has a classifier, over
-    ``pairs``: one pass over the data, each modality encoded once per batch, each subset fused once."""
-    M = len(data.names)
+    """Coherence S -> t for every subset S of ``subsets`` and every t outside S that has a classifier, over the
+    examples of ``enc`` (``encode_pairs`` with ``experts``: each modality's expert, encoded once): batch by batch,
+    each subset fused once."""
+    M = len(enc.mu)
     correct: dict = {}
-    for start in range(0, pairs.numel(), batch_size):
-        batch = gather(data, pairs[start:start + batch_size], (True,) * M, device)
-        labels = batch.labels
-        experts = [model.expert(batch.x[m], m) for m in range(M)]
+    for start in range(0, len(enc), batch_size):
+        rows = slice(start, start + batch_size)
+        labels = enc.labels[rows].to(device)
+        experts = [tuple(v[rows].to(device) for v in enc.expert(m)) for m in range(M)]
         for S in subsets:
             targets = [t for t in range(M) if t not in S and t in classifiers]
             if not targets:
@@ -63,7 +63,7 @@ def subset_coherence(model, data, pairs: Tensor, subsets, classifiers: dict[int,
             for t in targets:
                 pred = classifiers[t](model.decode(z, t).float()).argmax(-1)
                 correct[(S, t)] = correct.get((S, t), 0) + int((pred == labels).sum())
-    return {k: v / pairs.numel() for k, v in correct.items()}
+    return {k: v / len(enc) for k, v in correct.items()}
 
 
 @torch.no_grad()

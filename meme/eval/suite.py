@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from meme.data.batch import gather
 from meme.data.paired import PairedData
-from meme.device import resolve_device, resolve_precision
+from meme.device import resolve_device, resolve_precision, tune_allocator
 from meme.errors import MemeError
 from meme.eval import plots
 from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample, subset_coherence
@@ -62,6 +62,7 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
     this process's CPU seconds (``<stage>_cpu``).
     """
     _check_inputs(model, train_data, test_data, classifiers)
+    tune_allocator()
     device = _device(model, cfg.device)
     model.to(device)
     classifiers = {k: c.to(device).eval() for k, c in classifiers.items()}
@@ -77,7 +78,7 @@ def evaluate(model, train_data: PairedData | None, test_data: PairedData, classi
             torch.manual_seed(cfg.seed)
             metrics, files = _evaluate(model, train_data, test_data, classifiers, cfg, device, out,
                                        figures and out is not None, progress, {} if timings is None else timings,
-                                       exact_w2=not fast)
+                                       exact=not fast)
     finally:
         model.train(was_training)
     if out is not None:
@@ -101,7 +102,9 @@ def write_metrics(out_dir, metrics: dict) -> Path:
 
 
 def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device, out: Path | None, figures: bool,
-              progress: bool, timings: dict[str, float], exact_w2: bool = True) -> tuple[dict[str, float], list[Path]]:
+              progress: bool, timings: dict[str, float], exact: bool = True) -> tuple[dict[str, float], list[Path]]:
+    """The stages of ``evaluate``. ``exact`` (fp32): W2 from exact differences and the probe fitted in float64;
+    else (bf16) W2 from one float64 matrix product and the probe fitted in float32."""
     names = model.names
     g = torch.Generator().manual_seed(cfg.seed)
     test_pairs = torch.randperm(len(test_data), generator=g)
@@ -126,7 +129,7 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
     probe = train_data is not None and len(train_data) > 0 and has_labels(test_data.labels[test_pairs]) \
         and has_labels(train_data.labels)
     with stage("encode"):   # with the joint posterior's mean where the probe takes it: the test set is encoded once
-        enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device, joint=probe)
+        enc = encode_pairs(model, test_data, test_pairs, cfg.batch_size, device, joint=probe, experts=M > 2)
 
     with stage("coherence"):
         for name, clf in classifiers.items():  # how far the judges themselves can be trusted
@@ -134,7 +137,7 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
                 metrics[f"classifier_acc_{name}"] = float(clf.test_accuracy)
         coherence_table = {}
         if has_labels(enc.labels):
-            found, coherence_table = _coherence(model, test_data, test_pairs, enc, classifiers, cfg, device)
+            found, coherence_table = _coherence(model, enc, classifiers, cfg, device)
             metrics.update(found)
 
     with stage("joint_coherence"):
@@ -150,22 +153,23 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
             enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device, joint=True)
             joint_test = enc.joint_mu
             train_y, test_y = enc_train.labels.numpy(), enc.labels.numpy()
+            dtype = np.float64 if exact else np.float32
             for m in range(M):
                 metrics[f"latent_acc_{names[m]}"] = latent_accuracy(
-                    enc_train.mu[m].numpy(), train_y, enc.mu[m].numpy(), test_y, cfg.seed)
+                    enc_train.mu[m].numpy(), train_y, enc.mu[m].numpy(), test_y, cfg.seed, dtype=dtype)
             metrics["latent_acc_joint"] = latent_accuracy(enc_train.joint_mu.numpy(), train_y, joint_test.numpy(),
-                                                          test_y, cfg.seed)
+                                                          test_y, cfg.seed, dtype=dtype)
 
     with stage("relatedness"):
         by = cfg.related_by
         if by == "auto":
             by = "label" if has_labels(enc.labels) and int(enc.labels.max()) < MAX_LABEL_CLASSES else "pair"
-        rel = relatedness(enc, cfg.batch_size, by, exact=exact_w2)   # modalities 0 and 1: the figures' pair
+        rel = relatedness(enc, cfg.batch_size, by, exact=exact)   # modalities 0 and 1: the figures' pair
         if M == 2:
             metrics.update(rel.summary())
         else:   # every pair: each as w2_<name>_<a>_<b>, and the mean over the pairs under the two-modality names
             per_pair = {(a, b): (rel if (a, b) == (0, 1) else relatedness(enc.pair(a, b), cfg.batch_size, by,
-                                                                                   exact=exact_w2)).summary()
+                                                                                   exact=exact)).summary()
                         for a, b in itertools.combinations(range(M), 2)}
             for (a, b), summary in per_pair.items():
                 metrics.update({f"{k}_{names[a]}_{names[b]}": v for k, v in summary.items()})
@@ -198,8 +202,7 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
     return metrics, files
 
 
-def _coherence(model, test_data, test_pairs, enc: Encoded, classifiers, cfg: EvalConfig,
-               device) -> tuple[dict[str, float], dict[str, float]]:
+def _coherence(model, enc: Encoded, classifiers, cfg: EvalConfig, device) -> tuple[dict[str, float], dict[str, float]]:
     """Conditional coherence for every non-empty proper subset S and target t outside S that has a classifier
     (``meme.eval.coherence``): ``coherence_<a>_to_<b>`` for |S| = 1, ``coherence_given_<k>`` (the mean over the
     subsets of size k and their targets), ``coherence_given_<k>_to_<t>`` per target where M > 2, and
@@ -213,8 +216,7 @@ def _coherence(model, test_data, test_pairs, enc: Encoded, classifiers, cfg: Eva
     larger = [S for k in range(2, M) for S in itertools.combinations(range(M), k)]
     if larger:
         judges = {m: classifiers[n] for m, n in enumerate(names) if n in classifiers}
-        table.update(subset_coherence(model, test_data, test_pairs, larger, judges, cfg.batch_size, device,
-                                      cfg.use_mean))
+        table.update(subset_coherence(model, enc, larger, judges, cfg.batch_size, device, cfg.use_mean))
     singles = [v for (S, _), v in table.items() if len(S) == 1]
     if len(singles) == M * (M - 1):   # one number to rank runs by: the mean over every direction
         out["coherence_cross_mean"] = sum(singles) / len(singles)

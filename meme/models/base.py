@@ -92,6 +92,14 @@ class MultimodalModel(nn.Module):
         """Modality m's factor of the posterior given a subset (fp32). Default: its unimodal posterior ``encode``."""
         return tuple(v.float() for v in self.encode(x, m))
 
+    def encode_and_expert(self, x: Tensor, m: str | int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+        """``encode(x, m)`` and ``expert(x, m)`` from one pass of the encoder network; the expert is ``None`` where it
+        is the unimodal posterior itself in fp32 (the default ``expert``)."""
+        post = self.encode(x, m)
+        if type(self).expert is MultimodalModel.expert:
+            return post, None
+        return post, self.expert(x, m)
+
     def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """The posterior given a subset from its modalities' ``expert``s, as (mus, sigmas) of shape (C, B, L): an
         equally weighted mixture of C components (C = 1: one distribution). Default: the mixture of the experts,

@@ -64,6 +64,11 @@ class MVAE(BetaWeightedModel):
         """The bare expert of modality m (no prior expert: ``fuse`` adds it once)."""
         return tuple(v.float() for v in self.mods[self.index(m)].encode(x))
 
+    def encode_and_expert(self, x: Tensor, m: str | int):
+        """``encode`` and ``expert`` from one pass of modality m's encoder."""
+        raw = self.mods[self.index(m)].encode(x)
+        return self.posterior([raw]), tuple(v.float() for v in raw)
+
     def fuse(self, experts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """q(z|X_S): the product of the prior expert and the experts of S (one component)."""
         mu, sigma = self.posterior(experts)
