@@ -12,7 +12,9 @@ and after the data model took M modalities, side by side in one run.
   PolyMNIST networks (``EncoderConvMMNIST`` / ``DecoderConvMMNIST``: the same layers, its heads without bias),
   the same latent size, batch, likelihood and Adam, in fp32. Like for like: MultiVae's MVAE with no extra
   sub-sampled subsets (k = 0: the joint and unimodal ELBOs, as here) and no KL warm-up; its MMVAE with K = 1,
-  Gaussian posteriors and a fixed prior (the IWAE bound at K = 1 is the ELBO, as here).
+  Gaussian posteriors and a fixed prior (the IWAE bound at K = 1 is the ELBO, as here). This project's runs keep
+  freed tensor memory in the process (``meme.device.tune_allocator``); MultiVae is timed as it ships, and again
+  with the same glibc settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so the ratios show both.
 * **M = 2** (``--before REV``, default the commit before M modalities): each model's paired and unpaired
   MNIST-SVHN steps (published networks, batch 128) at REV and at the working tree, in separate processes.
 
@@ -31,6 +33,8 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from meme.device import MMAP_THRESHOLDS, TRIM_THRESHOLD  # noqa: E402
 BEFORE = "6f81f7e"   # the last commit with two modalities only
 MODELS = ("mvae", "mmvae", "mopoe", "mmjsd")
 B, L, M = 256, 512, 5
@@ -70,7 +74,7 @@ def polymnist_like(root: Path) -> Path:
                      label=np.arange(2 * B) % 10)
     mods = "".join(f"  - {{name: {n}, train: {n}_train.npz, test: {n}_test.npz, kind: image, "
                    f"networks: {{preset: polymnist, likelihood: laplace, scale: 0.75}}}}\n" for n in NAMES)
-    (d / "polymnist.yaml").write_text(DATASET.format(source="benchmark", modalities=mods))
+    (d / "polymnist.yaml").write_text(DATASET.format(source="benchmark", modalities=mods, note=""))
     return root
 
 
@@ -172,8 +176,8 @@ TWO = textwrap.dedent("""
 """)
 
 
-def run_script(python: str, code: str, cwd: Path, pythonpath: Path | None = None) -> dict:
-    env = dict(os.environ)
+def run_script(python: str, code: str, cwd: Path, pythonpath: Path | None = None, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, **(extra_env or {})}
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
     else:
@@ -203,16 +207,26 @@ def main(argv=None) -> int:
     ours = run_script(sys.executable, OURS.format(models=list(MODELS), **fmt), REPO, REPO)
     theirs = run_script(args.multivae_python, THEIRS.format(**fmt), Path(tempfile.gettempdir())) \
         if args.multivae_python else {}
+    # MultiVae again with the allocator settings this project applies to itself (meme.device.tune_allocator), through
+    # glibc's environment variables: the like-for-like comparison of the code alone
+    tuned = run_script(args.multivae_python, THEIRS.format(**fmt), Path(tempfile.gettempdir()), extra_env={
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLDS[0]), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}) \
+        if args.multivae_python else {}
     print(f"\nM = 5 (PolyMNIST shapes, published networks, latent {L}), batch {B}: examples/s of a training step")
-    print(f"{'model':<8}{'ours fp32':>12}{'ours auto':>16}{'MultiVae fp32':>15}{'fp32 ratio':>12}{'auto ratio':>12}")
+    print(f"{'':<8}{'ours':>12}{'ours':>16}{'MultiVae':>12}{'MultiVae fp32,':>16}{'ratio':>8}{'ratio':>8}"
+          f"{'ratio, same allocator':>24}")
+    print(f"{'model':<8}{'fp32':>12}{'auto':>16}{'fp32':>12}{'same allocator':>16}{'fp32':>8}{'auto':>8}"
+          f"{'fp32':>12}{'auto':>12}")
     for m in MODELS:
         (f32, _), (auto, prec) = ours[f"{m}/fp32"], ours[f"{m}/auto"]
-        t = theirs.get(m)
+        t, tt = theirs.get(m), tuned.get(m)
         line = f"{m:<8}{B / f32:>12.1f}{B / auto:>11.1f} ({prec})"
-        line += f"{B / t:>15.1f}{t / f32:>11.2f}x{t / auto:>11.2f}x" if t else f"{'n/a':>15}"
+        line += (f"{B / t:>12.1f}{B / tt:>16.1f}{t / f32:>7.2f}x{t / auto:>7.2f}x{tt / f32:>11.2f}x{tt / auto:>11.2f}x"
+                 if t else f"{'n/a':>12}")
         print(line)
     if theirs:
-        print("(ratio = MultiVae's step time / ours: above 1, ours is faster; target >= 1.5 for mvae, mmvae, mopoe)")
+        print("(ratio = MultiVae's step time / ours: above 1, ours is faster; target >= 1.5 for mvae, mmvae, mopoe;"
+              " 'same allocator': MultiVae run with this project's glibc settings too)")
 
     if args.before:
         with tempfile.TemporaryDirectory() as tmp:
