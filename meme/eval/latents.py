@@ -46,20 +46,18 @@ def encode_pairs(model, data: PairedData, pairs: Tensor, batch_size: int, device
     each modality's ``model.expert``, for the posteriors given subsets)."""
     M = len(data.names)
     mus, sigmas, joints = tuple([] for _ in range(M)), tuple([] for _ in range(M)), []
-    bare = tuple(([], []) for _ in range(M))
-    own = False   # whether the model's experts differ from its unimodal posteriors
+    bare = tuple([] for _ in range(M))   # model.expert, batch by batch, where it is not the posterior (MVAE)
     for start in range(0, pairs.numel(), batch_size):
         batch = gather(data, pairs[start:start + batch_size], (True,) * M, device)
         found = []
         for m in range(M):
-            (mu, sigma), expert = model.encode_and_expert(batch.x[m], m)
-            own = expert is not None
-            found.append(expert if own else (mu.float(), sigma.float()))
-            mus[m].append(mu.float().cpu())
-            sigmas[m].append(sigma.float().cpu())
-            if experts and own:
-                bare[m][0].append(expert[0].cpu())
-                bare[m][1].append(expert[1].cpu())
+            post, expert = model.encode_and_expert(batch.x[m], m)
+            mu, sigma = post[0].float(), post[1].float()
+            found.append((mu, sigma) if expert is None else expert)
+            mus[m].append(mu.cpu())
+            sigmas[m].append(sigma.cpu())
+            if experts and expert is not None:
+                bare[m].append(tuple(v.cpu() for v in expert))
         if joint:
             fused_mu, _ = model.fuse(found)
             joints.append(fused_mu.mean(0).float().cpu())
@@ -67,7 +65,7 @@ def encode_pairs(model, data: PairedData, pairs: Tensor, batch_size: int, device
         raise MemeError("cannot encode an empty set of pairs")
     return Encoded(tuple(torch.cat(v) for v in mus), tuple(torch.cat(v) for v in sigmas), data.labels[pairs].cpu(),
                    data.index[0][pairs].cpu(), torch.cat(joints) if joint else None,
-                   tuple((torch.cat(a), torch.cat(b)) for a, b in bare) if experts and own else None)
+                   tuple(tuple(torch.cat(v) for v in zip(*b)) for b in bare) if bare[0] else None)
 
 
 def has_labels(labels: Tensor) -> bool:

@@ -22,14 +22,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from meme.errors import MemeError
-from meme.nets.base import LaplaceImageModality
+from meme.nets.base import Modality
 from meme.nets.shaped import _FixedScaleLikelihood
 
 HIDDEN = 400            # appendix K
 PUBLISHED_HIDDEN = 512  # the published code's hidden_dim=[512, 512]
 
 
-class MNISTModality(_FixedScaleLikelihood, LaplaceImageModality):
+class MNISTModality(_FixedScaleLikelihood, Modality):
     """Appendix K's MNIST networks. The keywords are a dataset file's (``preset: mnist``)."""
 
     name = "mnist"
@@ -38,7 +38,7 @@ class MNISTModality(_FixedScaleLikelihood, LaplaceImageModality):
     def __init__(self, latent_dim: int = 64, sigma_floor: float | None = None, llik_scale: float = 1.0, *,
                  shape=event_shape, name: str = "mnist", likelihood: str = "laplace", scale: float | None = None,
                  channels=None, hidden=None):
-        super().__init__(latent_dim, sigma_floor, llik_scale)
+        super().__init__(latent_dim, sigma_floor)
         if tuple(shape) != self.event_shape:
             raise MemeError(f"the mnist networks take {self.event_shape} images, got rows of shape {tuple(shape)}")
         if channels is not None or hidden is not None:
