@@ -26,6 +26,18 @@ def _isolated_cache(tmp_path_factory):
         os.environ["MEME_CACHE_DIR"] = old
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that runs a trial in this process (``run_trial`` sets the trial's thread count) or sets threads itself
+    leaves torch's thread count as it found it: every later test would otherwise run on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small generated MNIST-format + SVHN-format dataset (600 train / 200 test) in the real file formats."""

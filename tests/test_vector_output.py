@@ -51,9 +51,10 @@ def _dataset(tmp, kind: str, arrays, networks: str = "", stem: str | None = None
 @pytest.mark.slow
 def test_mnist_as_vectors_is_generated_as_well_as_mnist_as_images(real_mnist_dir, tmp_path):
     """With the same networks (``preset: mnist`` on the images), generation into the digit reaches the same
-    coherence within 0.05 whether its pixels are declared as vectors or as images. With the default networks,
-    reconstructions of the same pixels, judged by one judge (the image declaration's conv classifier), are
-    recognised about as often under both declarations, and generation into the vector modality leaves chance."""
+    coherence within 0.05 whether its pixels are declared as vectors or as images, reconstructions of the same
+    pixels judged by one judge (the image declaration's conv classifier) are recognised about as often under both
+    declarations, and generation into the vector modality leaves chance. (The default networks' comparison, a conv
+    net with BatchNorm for the images, is measured below and left out of the tests for its time.)"""
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
@@ -65,9 +66,9 @@ def test_mnist_as_vectors_is_generated_as_well_as_mnist_as_images(real_mnist_dir
             partner[members] = rng.permutation(members)
         arrays[split] = (x, x[partner], y)
     torch.set_num_threads(2)
-    files = {kind: _dataset(tmp_path, kind, arrays) for kind in ("vector", "image")}
-    files["image_mnist_nets"] = _dataset(tmp_path, "image", arrays, ", networks: {preset: mnist}", "image_mnist_nets")
-    judge = table_classifiers(read_dataset_file(files["image"]))["digit"][0]
+    files = {"vector": _dataset(tmp_path, "vector", arrays),
+             "image_mnist_nets": _dataset(tmp_path, "image", arrays, ", networks: {preset: mnist}", "image_mnist_nets")}
+    judge = table_classifiers(read_dataset_file(files["image_mnist_nets"]))["digit"][0]
     x_test = torch.from_numpy(arrays["test"][0]).float().div(255.0)
     y_test = torch.from_numpy(arrays["test"][2])
     coherence, recognised = {}, {}
@@ -92,14 +93,15 @@ def test_mnist_as_vectors_is_generated_as_well_as_mnist_as_images(real_mnist_dir
     # the same networks, declared two ways: measured here 0.407 (vector) and 0.385 (image, preset: mnist); the
     # other direction, judged by the same judge in both, 0.332 in both
     assert abs(coherence["vector"] - coherence["image_mnist_nets"]) <= 0.05, coherence
-    # default networks, measured here (2 threads): recognised 0.49 (vector) and 0.57 (image), 0.16 for the vector before the fix;
-    # coherence into the digit 0.42 (vector) and 0.53 (image), 0.12 before. What is left between the two is the
-    # networks (the published MNIST MLP against a conv net with BatchNorm), not the likelihood nor the judge: per
+    # one judge for both: the same networks' reconstructions are recognised alike
+    assert abs(recognised["vector"] - recognised["image_mnist_nets"]) <= 0.10, recognised
+    # default networks (images: a conv net with BatchNorm), measured here (2 threads): recognised 0.49 (vector) and
+    # 0.57 (image), 0.16 for the vector before the fix; coherence into the digit 0.42 (vector) and 0.53 (image), 0.12
+    # before. What is left between the two is the networks (the published MNIST MLP against a conv net with BatchNorm), not the likelihood nor the judge: per
     # epoch (1..6, same data and seed) the coherence is 0.28 0.36 0.41 0.47 0.50 0.55 (vector) and 0.12 0.18 0.44
     # 0.65 0.69 0.71 (image), and each model's generations are judged alike by the vector judge (an MLP) and the
     # image judge (a conv net), within 0.04 at every epoch. A longer budget does not close it: at epochs 9..12 the
     # vector reaches 0.67 0.65 0.66 0.67 and the image 0.78 0.79 0.79 0.80 (12,000 training images, seed 0).
-    assert abs(recognised["vector"] - recognised["image"]) <= 0.10, recognised
     assert recognised["vector"] > 0.3 and coherence["vector"] > 0.3, (recognised, coherence)
 
 
