@@ -55,6 +55,53 @@ def test_laplace_hand_computed_and_torch():
     assert torch.allclose(laplace_log_prob(x, loc, 0.75, event_dims=3), ref, atol=1e-10)
 
 
+def _literal_laplace(x, loc, scale, event_dims):
+    """The plain autograd expression the fused likelihood replaced (the likelihoods cast loc to fp32 first)."""
+    loc32 = loc.float()
+    s = scale.to(loc32.dtype) if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=loc32.dtype)
+    lp = -(x - loc32).abs() / s - torch.log(2.0 * s)
+    return lp.flatten(start_dim=lp.dim() - event_dims).sum(-1)
+
+
+@pytest.mark.parametrize("loc_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["same", "samples", "per_feature"])
+def test_the_fused_laplace_gives_the_literal_values_and_gradient_bit_for_bit(loc_dtype, case):
+    """The likelihoods' fused Laplace (fp32 data, the decoder's output in fp32 or bf16 as it comes) against the
+    autograd expression on loc.float(): equal values and an equal gradient, in loc's dtype and shape, for one decoding
+    per example, for samples broadcast against the data (MMVAE's (M, K, B, ...)), and for a per-feature scale."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(7, 3, 5, 5, generator=g, dtype=torch.float32)
+    shape = (2, 3, 7, 3, 5, 5) if case == "samples" else (7, 3, 5, 5)
+    loc0 = (torch.randn(shape, generator=g, dtype=torch.float32) * 2).to(loc_dtype)
+    scale = 0.75 * (torch.rand(3, 5, 5, generator=g, dtype=torch.float32) + 0.5) if case == "per_feature" else 0.75
+    w = torch.randn(shape[:-3], generator=g, dtype=torch.float32)
+    outs = []
+    for f in (laplace_log_prob, _literal_laplace):
+        loc = loc0.clone().requires_grad_()
+        lp = f(x, loc, scale, 3)
+        (lp * w).sum().backward()
+        outs.append((lp.detach(), loc.grad))
+    (got, got_grad), (want, want_grad) = outs
+    assert got.dtype == torch.float32 and got_grad.dtype == loc_dtype and got_grad.shape == shape
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    assert (got_grad != 0).all()   # every element's gradient is a signed 1/scale times its weight, none lost
+    with torch.no_grad():
+        assert torch.equal(laplace_log_prob(x, loc0, scale, 3), want)
+
+
+def test_the_fused_laplace_gives_data_broadcast_against_one_decoding_the_summed_gradient():
+    """One decoding scored against several copies of the data (loc broadcast over x): the gradient is the sum over
+    the copies, as autograd's."""
+    g = torch.Generator().manual_seed(4)
+    x, loc0 = torch.rand(4, 6, 9, generator=g), torch.rand(6, 9, generator=g)
+    grads = []
+    for f in (laplace_log_prob, _literal_laplace):
+        loc = loc0.clone().requires_grad_()
+        f(x, loc, 0.5, 1).sum().backward()
+        grads.append(loc.grad)
+    assert grads[0].shape == (6, 9) and torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
 def test_log_mean_exp_hand_computed():
     # log((1 + 3) / 2) = log 2
     assert log_mean_exp(torch.tensor([0.0, math.log(3.0)])).item() == pytest.approx(math.log(2.0), abs=1e-12)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meme.dists import categorical_log_prob, laplace_log_prob
+from meme.dists import categorical_log_prob, fp32_or_narrower, laplace_log_prob
 
 
 class Modality(nn.Module):
@@ -85,8 +85,7 @@ class LaplaceImageModality(Modality):
         self.llik_scale = llik_scale
 
     def log_likelihood(self, x: Tensor, params: Tensor) -> Tensor:
-        # always in fp32: a bf16 sum over thousands of pixels loses too much
-        return laplace_log_prob(x.float(), params.float(), self.llik_scale, len(self.event_shape))
+        return laplace_log_prob(x.float(), fp32_or_narrower(params), self.llik_scale, len(self.event_shape))
 
 
 class TokenModality(Modality):

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meme.dists import laplace_log_prob, normal_log_prob_fixed
+from meme.dists import fp32_or_narrower, laplace_log_prob, normal_log_prob_fixed
 from meme.errors import MemeError, check_choice
 from meme.nets.base import Modality, TokenModality
 
@@ -126,7 +126,7 @@ class _FixedScaleLikelihood:
         dims = len(self.event_shape)
         if self.likelihood == "gaussian":
             return normal_log_prob_fixed(x.float(), params.float(), self._scale(), dims)
-        return laplace_log_prob(x.float(), params.float(), self._scale(), dims)
+        return laplace_log_prob(x.float(), fp32_or_narrower(params), self._scale(), dims)
 
 
 def _mlp_trunk(d_in: int, hidden: list[int], published: bool) -> nn.Sequential:
