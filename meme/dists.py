@@ -29,22 +29,32 @@ def kl_normal(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tenso
 
 
 class _FixedScaleLaplace(torch.autograd.Function):
-    """Elementwise ``-|x - loc| / scale - log(2 scale)`` for a scale that takes no gradient, in the dtype ``x`` and
-    ``loc`` promote to (a bf16 ``loc`` beside an fp32 ``x`` is computed in fp32 without a cast copy of it). The
-    values and ``loc``'s gradient are bit for bit those of the plain expression (negation is exact, so the order of
-    the steps does not round differently), in fewer passes: the forward works in place on one new tensor, and the
-    backward is ``sign(x - loc) * (g / scale)`` where autograd takes five passes. ``x`` gets no gradient (data)."""
+    """log Laplace(x; loc, scale) summed over the trailing ``event_dims`` dimensions, for a scale that takes no gradient,
+    in the dtype ``x`` and ``loc`` promote to (a bf16 ``loc`` beside an fp32 ``x`` is computed in fp32 without a cast
+    copy of it). The values and ``loc``'s gradient are bit for bit those of the plain expression
+    ``(-|x - loc| / scale - log(2 scale)).sum(...)`` (negation is exact, so the order of the steps does not round
+    differently, and ``g / scale`` is the same number whether taken once per example or once per element), in fewer
+    passes: the forward works in place on one new tensor, and the backward writes ``sign(x - loc) * (g / scale)``
+    straight into ``loc``'s dtype, where autograd takes six passes. ``x`` gets no gradient (data)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, loc: Tensor, scale: Tensor, log_2scale: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, loc: Tensor, scale: Tensor, log_2scale: Tensor, event_dims: int) -> Tensor:
         ctx.save_for_backward(x, loc, scale)
-        return (x - loc).abs_().div_(scale).neg_().sub_(log_2scale)
+        ctx.event_dims = event_dims
+        return _flat_sum((x - loc).abs_().div_(scale).neg_().sub_(log_2scale), event_dims)
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None, None
         x, loc, scale = ctx.saved_tensors
-        grad = (x - loc).sgn_().mul_(g / scale).to(loc.dtype) if ctx.needs_input_grad[1] else None
-        return None, grad, None, None
+        g = g.reshape(*g.shape, *(1,) * ctx.event_dims)
+        sign = (x - loc).sgn_()
+        # a number: g / scale once per example; a per-feature scale: per element, as autograd takes it
+        q = g / scale if scale.dim() == 0 else g.expand(sign.shape) / scale
+        if loc.dtype == sign.dtype:
+            return None, sign.mul_(q), None, None, None
+        return None, torch.mul(sign, q, out=torch.empty(sign.shape, dtype=loc.dtype, device=sign.device)), None, None, None
 
 
 def fp32_or_narrower(t: Tensor) -> Tensor:
@@ -62,10 +72,8 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: 
     # making it on loc's device would copy it there at every call (a host sync per likelihood on a GPU)
     scale = scale.to(dtype) if isinstance(scale, Tensor) else torch.tensor(scale, dtype=dtype)
     if scale.requires_grad or x.requires_grad:
-        lp = -(x - loc).abs() / scale - torch.log(2.0 * scale)
-    else:
-        lp = _FixedScaleLaplace.apply(x, loc, scale, torch.log(2.0 * scale))
-    return _flat_sum(lp, event_dims)
+        return _flat_sum(-(x - loc).abs() / scale - torch.log(2.0 * scale), event_dims)
+    return _FixedScaleLaplace.apply(x, loc, scale, torch.log(2.0 * scale), event_dims)
 
 
 def normal_log_prob_fixed(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: int) -> Tensor:
