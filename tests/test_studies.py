@@ -13,7 +13,7 @@ from orchestration.study import STUDIES_DIR, load_study, parse_study, study_name
 
 PAPER_F = [1.0, 0.5, 0.25, 0.125, 0.0625]
 SHIPPED = ["ablation_paired_only", "ablation_pseudo", "ablation_pseudo_polymnist", "baselines_mnist_svhn", "claims", "claims_reduced", "direction",
-           "lr_search", "polymnist", "polymnist_reduced", "smoke",
+           "lr_search", "polymnist", "polymnist_reduced", "polymnist_reduced_partial", "smoke",
            "supervision_cub", "supervision_mnist_svhn"]
 
 MINIMAL = """\
