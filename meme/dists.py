@@ -50,8 +50,9 @@ class _FixedScaleLaplace(torch.autograd.Function):
         x, loc, scale = ctx.saved_tensors
         g = g.reshape(*g.shape, *(1,) * ctx.event_dims)
         sign = (x - loc).sgn_()
-        # a number: g / scale once per example; a per-feature scale: per element, as autograd takes it
-        q = g / scale if scale.dim() == 0 else g.expand(sign.shape) / scale
+        # g has the batch shape padded with ones: a number scale divides it once per example, a per-feature one
+        # broadcasts to one quotient per element, as autograd takes it
+        q = g / scale
         if loc.dtype == sign.dtype:
             return None, sign.mul_(q), None, None, None
         return None, torch.mul(sign, q, out=torch.empty(sign.shape, dtype=loc.dtype, device=sign.device)), None, None, None
@@ -71,9 +72,10 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: 
     # a number stays a 0-dim tensor on the host: kernels on any device read it as a scalar argument, while
     # making it on loc's device would copy it there at every call (a host sync per likelihood on a GPU)
     scale = scale.to(dtype) if isinstance(scale, Tensor) else torch.tensor(scale, dtype=dtype)
+    log_2scale = torch.log(2.0 * scale)
     if scale.requires_grad or x.requires_grad:
-        return _flat_sum(-(x - loc).abs() / scale - torch.log(2.0 * scale), event_dims)
-    return _FixedScaleLaplace.apply(x, loc, scale, torch.log(2.0 * scale), event_dims)
+        return _flat_sum(-(x - loc).abs() / scale - log_2scale, event_dims)
+    return _FixedScaleLaplace.apply(x, loc, scale, log_2scale, event_dims)
 
 
 def normal_log_prob_fixed(x: Tensor, loc: Tensor, scale: float | Tensor, event_dims: int) -> Tensor:

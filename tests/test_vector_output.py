@@ -97,7 +97,8 @@ def test_mnist_as_vectors_is_generated_as_well_as_mnist_as_images(real_mnist_dir
     assert abs(recognised["vector"] - recognised["image_mnist_nets"]) <= 0.10, recognised
     # default networks (images: a conv net with BatchNorm), measured here (2 threads): recognised 0.49 (vector) and
     # 0.57 (image), 0.16 for the vector before the fix; coherence into the digit 0.42 (vector) and 0.53 (image), 0.12
-    # before. What is left between the two is the networks (the published MNIST MLP against a conv net with BatchNorm), not the likelihood nor the judge: per
+    # before. What is left between the two is the networks (the published MNIST MLP against a conv net with
+    # BatchNorm), not the likelihood nor the judge: per
     # epoch (1..6, same data and seed) the coherence is 0.28 0.36 0.41 0.47 0.50 0.55 (vector) and 0.12 0.18 0.44
     # 0.65 0.69 0.71 (image), and each model's generations are judged alike by the vector judge (an MLP) and the
     # image judge (a conv net), within 0.04 at every epoch. A longer budget does not close it: at epochs 9..12 the
