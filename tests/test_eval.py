@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 from torch import nn
 
 from meme.data.paired import PairedData
 from meme.dists import w2_diag_sq
 from meme.errors import MemeError
 from meme.eval import EvalConfig, evaluate
-from meme.eval.latents import Encoded, latent_accuracy
+from meme.eval.latents import Encoded, latent_accuracies, latent_accuracy
 from meme.eval.likelihood import conditional_log_likelihood
 from meme.eval.relatedness import auroc, class_linkage, pairwise_w2, relatedness
 from meme.models.base import MultimodalModel
@@ -56,6 +58,25 @@ def test_auroc_is_the_mann_whitney_statistic():
     assert auroc(np.array([2.0, 2.0]), np.array([1.0, 3.0])) == 0.5
     assert auroc(np.array([1.0]), np.array([1.0, 2.0])) == 0.75
     assert math.isnan(auroc(np.array([]), np.array([1.0])))
+    assert math.isnan(auroc(np.array([1.0, np.nan]), np.array([2.0]))) and math.isnan(auroc(np.array([1.0]),
+                                                                                             np.array([np.nan])))
+
+
+def test_auroc_gives_the_rank_sum_statistic_bit_for_bit_ties_included():
+    """The binary searches give the same float as the ranks of both sides together (the way it was computed
+    before), on float32 W2 values with and without ties."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for q in (None, 4.0, 1000.0):
+        for n0, n1 in ((1, 7), (513, 4099), (25_600, 230_400)):
+            related = rng.normal(size=n0).astype(np.float32)
+            unrelated = (rng.normal(size=n1) + 0.7).astype(np.float32)
+            if q:
+                related, unrelated = np.round(related * q) / q, np.round(unrelated * q) / q
+            ranks = rankdata(np.concatenate([unrelated, related]).astype(np.float64))
+            want = float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+            assert auroc(related, unrelated) == want, (q, n0, n1)
 
 
 # ------------------------------------------------------------------ a model with known answers
@@ -360,13 +381,41 @@ def test_the_probe_in_float32_gives_the_float64_accuracy_and_runs_where_the_eval
     f64 = latent_accuracy(tr, y_tr, te, y_te)
     f32 = latent_accuracy(tr, y_tr, te, y_te, dtype=np.float32)
     assert 0.3 < f64 < 0.99 and abs(f32 - f64) <= 0.002, (f32, f64)   # an overlapping problem, 3000 test points
-    # which dtype each precision's evaluation fits the probe in
+    # which dtype each precision's evaluation fits the probe in, and with how many BLAS threads and workers
+    import meme.eval.latents as latents
     import meme.eval.suite as suite
 
     seen = []
-    monkeypatch.setattr(suite, "latent_accuracy", lambda *a, dtype, **k: seen.append(dtype) or 1.0)
+
+    def spy(*a, dtype, **k):
+        blas = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        seen.append((dtype, blas, threading.current_thread() is threading.main_thread()))
+        return 1.0
+
+    monkeypatch.setattr(latents, "latent_accuracy", spy)
     monkeypatch.setattr(suite, "resolve_precision", lambda precision, device: precision)
     model, clfs, train, test, _ = template_setup
+    threads, blas = torch.get_num_threads(), {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     for precision in ("fp32", "bf16"):
         evaluate(model, train, test, clfs, dataclasses.replace(FAST, precision=precision))
-    assert seen == [np.float64] * 3 + [np.float32] * 3   # a, b and the joint posterior
+    # a, b and the joint posterior: in fp32 as before (float64, in this thread, BLAS untouched); in bf16 float32
+    # on worker threads with BLAS on one thread
+    assert seen == [(np.float64, blas, True)] * 3 + [(np.float32, {1}, False)] * 3
+    assert torch.get_num_threads() == threads and {i["num_threads"] for i in threadpool_info()
+                                                   if i["user_api"] == "blas"} == blas   # both as they were
+
+
+def test_the_probes_on_worker_threads_give_the_numbers_of_single_threaded_blas_for_any_number_of_workers():
+    g = torch.Generator().manual_seed(6)
+    y_tr, y_te = torch.randint(10, (2000,), generator=g).numpy(), torch.randint(10, (2000,), generator=g).numpy()
+    w = torch.randn(10, 24, generator=g)
+    z = lambda y: (nn.functional.one_hot(torch.as_tensor(y), 10).float() @ w  # noqa: E731
+                   + 2.0 * torch.randn(len(y), 24, generator=g)).numpy()
+    fits = [(z(y_tr), z(y_te)) for _ in range(3)]
+    before = [latent_accuracy(tr, y_tr, te, y_te, 0) for tr, te in fits]
+    assert latent_accuracies(fits, y_tr, y_te) == before   # workers=None: one at a time, as the fp32 evaluation was
+    with threadpool_limits(1, user_api="blas"):
+        want = [latent_accuracy(tr, y_tr, te, y_te, 0, dtype=np.float32) for tr, te in fits]
+    assert len(set(want)) == 3 and all(0.3 < a < 0.95 for a in want), want   # three different, overlapping problems
+    for workers in (1, 2, 5):
+        assert latent_accuracies(fits, y_tr, y_te, dtype=np.float32, workers=workers) == want, workers

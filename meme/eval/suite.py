@@ -21,7 +21,7 @@ from meme.errors import MemeError
 from meme.eval import plots
 from meme.eval.coherence import cross_coherence, joint_coherence, latent_sample, subset_coherence
 from meme.eval.config import MAX_LABEL_CLASSES, EvalConfig
-from meme.eval.latents import Encoded, encode_pairs, has_labels, latent_accuracy
+from meme.eval.latents import Encoded, encode_pairs, has_labels, latent_accuracies
 from meme.eval.likelihood import conditional_log_likelihoods, test_objective
 from meme.eval.relatedness import Relatedness, class_linkage, relatedness
 
@@ -153,12 +153,14 @@ def _evaluate(model, train_data, test_data, classifiers, cfg: EvalConfig, device
             enc_train = encode_pairs(model, train_data, train_pairs, cfg.batch_size, device, joint=True)
             joint_test = enc.joint_mu
             train_y, test_y = enc_train.labels.numpy(), enc.labels.numpy()
-            dtype = np.float64 if exact else np.float32
-            for m in range(M):
-                metrics[f"latent_acc_{names[m]}"] = latent_accuracy(
-                    enc_train.mu[m].numpy(), train_y, enc.mu[m].numpy(), test_y, cfg.seed, dtype=dtype)
-            metrics["latent_acc_joint"] = latent_accuracy(enc_train.joint_mu.numpy(), train_y, joint_test.numpy(),
-                                                          test_y, cfg.seed, dtype=dtype)
+            fits = [(enc_train.mu[m].numpy(), enc.mu[m].numpy()) for m in range(M)]
+            fits.append((enc_train.joint_mu.numpy(), joint_test.numpy()))
+            # exact: float64, one fit at a time, as every evaluation before; else float32 with BLAS on one thread,
+            # as many fits at a time as the evaluation has torch threads
+            accs = latent_accuracies(fits, train_y, test_y, cfg.seed, dtype=np.float64 if exact else np.float32,
+                                     workers=None if exact else torch.get_num_threads())
+            for name, acc in zip([*names, "joint"], accs):
+                metrics[f"latent_acc_{name}"] = acc
 
     with stage("relatedness"):
         by = cfg.related_by
