@@ -56,8 +56,47 @@ def test_fp32_evaluation_and_no_autocast_keep_torchs_path_with_the_same_numbers(
     got, want = run(ours, x, g, autocast=False), run(ref, x, g, autocast=False)
     assert got[0].grad_fn.name() == want[0].grad_fn.name()
     assert all(torch.equal(a, b) for a, b in zip(got, want))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(ours(x), ref(x)) and ours(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}to{c[1]}at{c[6]}")
+def test_without_gradients_it_runs_channels_last_with_torchs_output_in_fp32_and_bf16(case):
+    ours, ref = pair(case)
+    x = torch.randn(64, case[0], case[6], case[6])
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            got, want = ours(x), ref(x)
+        assert got.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous(
+            memory_format=torch.channels_last)
+        assert got.dtype == want.dtype and torch.equal(got, want), bf16
+
+
+def reference_decoder(net: PublishedPolyMNISTModality) -> nn.Sequential:
+    """The published decoder with torch's layers, and ``net``'s weights."""
+    ref = nn.Sequential(nn.Linear(net.latent_dim, 2048), nn.ReLU(), nn.Unflatten(1, (128, 4, 4)),
+                        nn.ConvTranspose2d(128, 64, 3, 2, 1), nn.ReLU(),
+                        nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+                        nn.ConvTranspose2d(32, 3, 3, 2, 1, output_padding=1))
+    ref.load_state_dict(net.dec.state_dict())
+    return ref
+
+
+def test_the_polymnist_decoder_gives_torchs_numbers_in_both_precisions_with_and_without_gradients():
+    torch.manual_seed(3)
+    net = PublishedPolyMNISTModality(32)
+    ref = reference_decoder(net)
+    z = torch.randn(300, 32)
+    g = torch.randn(300, 3, 28, 28)
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            got, want = net.decode(z), ref(z)
+        assert got.is_contiguous() and torch.equal(got, want), bf16
+        for module in (net, ref):
+            module.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = net.decode(z) if module is net else ref(z)
+            out.backward(g.to(out.dtype))
+        for (name, a), b in zip(net.dec.named_parameters(), ref.parameters()):
+            assert torch.equal(a.grad, b.grad), (bf16, name)
 
 
 def test_a_layer_used_twice_in_a_step_adds_its_gradients_in_fp32():

@@ -8,8 +8,9 @@
 * decoder: FC 2048, ReLU -> (128, 4, 4) -> upconv 3x3 to 64 (stride 2, pad 1: 4 -> 7), ReLU -> upconv 3x3
   to 32 (stride 2, pad 1, output pad 1: 7 -> 14), ReLU -> upconv 3x3 to 3 (14 -> 28), with no output
   nonlinearity (the published code leaves its sigmoid commented out);
-* the upconvs are ``meme.nets.layers.ConvTranspose2d``: torch's layer, with the bias gradient taken as a sum in
-  bf16 training on a CPU (oneDNN's kernel with the bias runs up to twice as long);
+* the upconvs are ``meme.nets.layers.ConvTranspose2d``: torch's layer and numbers, in channels_last without
+  gradients and in bf16 training on a CPU, where its bias gradient is a plain sum (oneDNN's kernel with the bias
+  runs up to twice as long);
 * a Laplace likelihood with a fixed scale of 0.75 (the dataset file that ``meme data polymnist`` writes
   sets ``scale: 0.75``; the run's ``llik_scale`` otherwise).
 
@@ -59,4 +60,4 @@ class PublishedPolyMNISTModality(_FixedScaleLikelihood, Modality):
         return self.enc_mu(h), self.enc_sigma(h)
 
     def _decode(self, z: Tensor) -> Tensor:
-        return self.dec(z)
+        return self.dec(z).contiguous()   # NCHW for the likelihood and the judges (the upconvs may run channels_last)
