@@ -58,7 +58,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return super().forward(input, output_size)
         if not torch.is_grad_enabled():
             return super().forward(input.contiguous(memory_format=torch.channels_last))
-        if self.bias is None or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if self.bias is None or not bf16:
             return super().forward(input)
         dtype = torch.bfloat16
         with torch.autocast("cpu", enabled=False):
