@@ -99,6 +99,17 @@ def test_the_polymnist_decoder_gives_torchs_numbers_in_both_precisions_with_and_
             assert torch.equal(a.grad, b.grad), (bf16, name)
 
 
+def test_an_unbatched_input_takes_torchs_path_in_every_mode():
+    ours, ref = pair(CASES[1])
+    x, g = torch.randn(64, 7, 7), torch.randn(32, 14, 14)
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            assert torch.equal(ours(x), ref(x)), bf16
+        got, want = run(ours, x, g.to(torch.bfloat16 if bf16 else torch.float32), bf16), run(
+            ref, x, g.to(torch.bfloat16 if bf16 else torch.float32), bf16)
+        assert got[0].grad_fn.name() == want[0].grad_fn.name() and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_a_layer_used_twice_in_a_step_adds_its_gradients_in_fp32():
     ours, _ = pair(CASES[0])
     x1, x2 = torch.randn(16, 128, 4, 4), torch.randn(16, 128, 4, 4)

@@ -41,8 +41,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
       gradients together against 8.0, 5.3 and 3.7 ms for the input and weight gradients, while the sum takes 0.3
       to 0.8 ms (this project's 2-core CPUs with AMX). So it asks torch's kernel for the input and weight
       gradients alone, sums the output's gradient (in NCHW order) for the bias, and runs in channels_last.
-    * **fp32 training**, CUDA and an ``output_size`` keep torch's path and layout: there channels_last changes the
-      gradients' last bits, and the bias costs nothing extra.
+    * **fp32 training**, CUDA, an unbatched (C, H, W) input and an ``output_size`` keep torch's path and layout:
+      there channels_last changes the gradients' last bits, and the bias costs nothing extra.
 
     The numbers: the output is torch's, bit for bit; in bf16 training the input and weight gradients are torch's
     kernel's, and the bias gradient, a bf16 sum accumulated in fp32, equals oneDNN's in every test
@@ -54,7 +54,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     ``.contiguous()`` where its consumers want NCHW."""
 
     def forward(self, input: Tensor, output_size=None) -> Tensor:
-        if output_size is not None or input.device.type != "cpu":
+        if output_size is not None or input.device.type != "cpu" or input.dim() != 4:   # unbatched: torch's
             return super().forward(input, output_size)
         if not torch.is_grad_enabled():
             return super().forward(input.contiguous(memory_format=torch.channels_last))
